@@ -1,0 +1,217 @@
+"""Speech-to-text engine: the Whisper family through transformers, one batched call per group.
+
+Used by `model_repository/stt`, but plain Python: it never imports Triton, so it runs and is
+tested in-process, and the benchmarks compare it served against in-process.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from backends.batching import group_by_key
+from shared.errors import invalid
+from shared.loading import Loaded, load_pretrained
+from shared.quantization import Placement
+
+log = logging.getLogger(__name__)
+
+TASKS = ("transcribe", "translate")
+
+
+@dataclass(frozen=True)
+class Transcription:
+    """What a client gets back for one audio row."""
+
+    text: str
+    segments: list[dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class SttRow:
+    """One audio row with its already-validated options.
+
+    `language` is None for "detect" (multilingual) or "not applicable" (English-only models).
+    """
+
+    audio: np.ndarray  # mono float32 at the feature extractor's rate
+    language: str | None = None
+    task: str = "transcribe"
+    max_new_tokens: int | None = None
+    temperature: float = 0.0
+    want_segments: bool = False
+
+
+class WhisperEngine:
+    """A loaded Whisper checkpoint that transcribes batches of rows."""
+
+    def __init__(self, loaded: Loaded, max_new_tokens_limit: int) -> None:
+        self._loaded = loaded
+        self.model = loaded.model
+        self.processor = loaded.processor
+        self.sampling_rate: int = int(self.processor.feature_extractor.sampling_rate)
+        extractor = self.processor.feature_extractor
+        self.window_seconds: float = extractor.n_samples / extractor.sampling_rate
+        gen = self.model.generation_config
+        self.multilingual: bool = bool(getattr(gen, "is_multilingual", False))
+        self.languages: dict[str, str] = dict(getattr(gen, "lang_to_id", {}) or {})
+        # The decoder's positions bound the tokens one window can produce (prompt included).
+        prompt_room = 4
+        self.max_new_tokens_limit = min(
+            max_new_tokens_limit, self.model.config.max_target_positions - prompt_room
+        )
+
+    @classmethod
+    def load(
+        cls, model_dir: Path, placement: Placement, max_new_tokens_limit: int = 440
+    ) -> WhisperEngine:
+        from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
+
+        loaded = load_pretrained(AutoModelForSpeechSeq2Seq, AutoProcessor, model_dir, placement)
+        return cls(loaded, max_new_tokens_limit)
+
+    def describe(self) -> str:
+        kind = "multilingual" if self.multilingual else "English-only"
+        return f"whisper ({kind}) {self._loaded.describe()}"
+
+    # --- option validation: per row, so a bad row fails only its own request -----------------
+
+    def check_language(self, language: str | None) -> str | None:
+        """Normalise a language code or name to the checkpoint's code, or refuse it."""
+        if language is None or language == "":
+            return None
+        from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
+
+        lowered = language.strip().lower()
+        code = TO_LANGUAGE_CODE.get(lowered, lowered)
+        if not self.multilingual:
+            if code == "en":
+                return None
+            raise invalid(
+                f"input 'language' is {language!r}, but this checkpoint is English-only; "
+                "send 'en' or leave it out"
+            )
+        if f"<|{code}|>" not in self.languages:
+            raise invalid(
+                f"input 'language' is {language!r}, which this checkpoint does not know; "
+                f"use one of {len(self.languages)} codes such as 'en', 'fr', 'de'"
+            )
+        return code
+
+    def check_task(self, task: str | None) -> str:
+        task = (task or "transcribe").strip().lower()
+        if task not in TASKS:
+            raise invalid(f"input 'task' is {task!r}; allowed: {', '.join(TASKS)}")
+        if task == "translate" and not self.multilingual:
+            raise invalid("input 'task' is 'translate', but this checkpoint is English-only")
+        return task
+
+    def check_max_new_tokens(self, value: int | None) -> int | None:
+        if value is None:
+            return None
+        if not 1 <= value <= self.max_new_tokens_limit:
+            raise invalid(
+                f"input 'max_new_tokens' is {value}; allowed: 1 to {self.max_new_tokens_limit}"
+            )
+        return value
+
+    @staticmethod
+    def check_temperature(value: float | None) -> float:
+        if value is None:
+            return 0.0
+        if not np.isfinite(value) or not 0.0 <= value <= 2.0:
+            raise invalid(f"input 'temperature' is {value}; allowed: 0 (greedy) to 2")
+        return float(value)
+
+    # --- execution ------------------------------------------------------------------------
+
+    def transcribe(self, rows: list[SttRow]) -> list[Transcription]:
+        """Transcribe all rows, one `generate()` call per group of rows with equal options."""
+        keys = [
+            (
+                row.task,
+                row.temperature,
+                row.max_new_tokens,
+                self._is_long(row) or row.want_segments,
+                self._is_long(row),
+                row.language is not None,
+            )
+            for row in rows
+        ]
+        results: dict[int, Transcription] = {}
+        for indices in group_by_key(keys).values():
+            group = [rows[i] for i in indices]
+            results.update(zip(indices, self._generate(group), strict=True))
+        return [results[i] for i in range(len(rows))]
+
+    def _is_long(self, row: SttRow) -> bool:
+        return row.audio.shape[0] > self.window_seconds * self.sampling_rate
+
+    def _generate(self, rows: list[SttRow]) -> list[Transcription]:
+        import torch
+
+        first = rows[0]
+        long_form = self._is_long(first)
+        timestamps = long_form or first.want_segments
+        audio = [row.audio for row in rows]
+        if long_form:
+            # Long-form: features cover the whole clip; generate() walks it window by window.
+            features = self.processor(
+                audio,
+                sampling_rate=self.sampling_rate,
+                return_tensors="pt",
+                truncation=False,
+                padding="longest",
+                return_attention_mask=True,
+            )
+        else:
+            features = self.processor(
+                audio,
+                sampling_rate=self.sampling_rate,
+                return_tensors="pt",
+                return_attention_mask=True,
+            )
+        kwargs: dict[str, Any] = {
+            "input_features": features.input_features.to(self.model.device, self.model.dtype),
+            "attention_mask": features.attention_mask.to(self.model.device),
+            "return_timestamps": timestamps,
+            "return_segments": timestamps,
+        }
+        if self.multilingual:
+            kwargs["task"] = first.task
+            if first.language is not None:
+                kwargs["language"] = [row.language for row in rows]
+        if first.max_new_tokens is not None:
+            kwargs["max_new_tokens"] = first.max_new_tokens
+        if first.temperature > 0:
+            kwargs.update(do_sample=True, temperature=first.temperature)
+        else:
+            kwargs["do_sample"] = False
+        with torch.inference_mode(), warnings.catch_warnings():
+            # bitsandbytes int8 warns about fp16 casting on every matmul.
+            warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
+            output = self.model.generate(**kwargs)
+        sequences = output["sequences"] if isinstance(output, dict) else output
+        texts = self.processor.batch_decode(sequences, skip_special_tokens=True)
+        if not timestamps:
+            return [Transcription(text=text.strip()) for text in texts]
+        return [
+            Transcription(text=text.strip(), segments=self._segments(segments))
+            for text, segments in zip(texts, output["segments"], strict=True)
+        ]
+
+    def _segments(self, segments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        tokenizer = self.processor.tokenizer
+        return [
+            {
+                "start": round(float(seg["start"]), 2),
+                "end": round(float(seg["end"]), 2),
+                "text": tokenizer.decode(seg["tokens"], skip_special_tokens=True).strip(),
+            }
+            for seg in segments
+        ]

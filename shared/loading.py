@@ -1,0 +1,130 @@
+"""Safe loading of Hugging Face checkpoints from the local model store.
+
+Secure defaults, not options: weights come from a local directory only (no hub), in
+safetensors only (no pickle), with `trust_remote_code` off, and the directory must lie inside
+the model store, so a setting cannot point a model at an arbitrary path on the host.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.errors import ModelLoadError
+from shared.quantization import Placement, pretrained_kwargs
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_STORE = "/models"
+
+
+def model_store_root(environ: dict[str, str] | None = None) -> Path:
+    """The model store: `$MODEL_STORE`, or /models (the image's volume) when unset."""
+    env = os.environ if environ is None else environ
+    return Path(env.get("MODEL_STORE") or DEFAULT_MODEL_STORE).resolve()
+
+
+def resolve_model_dir(model_path: str, store: Path) -> Path:
+    """Resolve `model_path` (relative to the store, or absolute inside it) and check its files."""
+    if not model_path:
+        raise ModelLoadError("model_path is empty; set it in config.pbtxt or the environment")
+    store = store.resolve()
+    candidate = Path(model_path)
+    resolved = (candidate if candidate.is_absolute() else store / candidate).resolve()
+    if resolved != store and store not in resolved.parents:
+        raise ModelLoadError(
+            f"model_path {model_path!r} resolves to {resolved}, outside the model store {store}"
+        )
+    if not resolved.is_dir():
+        raise ModelLoadError(
+            f"model directory {resolved} does not exist (model_path {model_path!r})"
+        )
+    if not (resolved / "config.json").is_file():
+        raise ModelLoadError(f"model directory {resolved} has no config.json")
+    if not any(resolved.glob("*.safetensors")):
+        pickled = sorted(p.name for p in resolved.glob("*.bin")) + sorted(
+            p.name for p in resolved.glob("*.pt")
+        )
+        hint = f" (found {pickled}: pickle-based weights are refused)" if pickled else ""
+        raise ModelLoadError(f"model directory {resolved} has no *.safetensors weights{hint}")
+    return resolved
+
+
+@dataclass
+class Loaded:
+    """A loaded model and processor, with the facts the load log line reports."""
+
+    model: Any
+    processor: Any
+    placement: Placement
+    footprint_bytes: int
+    seconds: float
+
+    def describe(self) -> str:
+        return (
+            f"quantization={self.placement.quantization} dtype={self.placement.dtype} "
+            f"device={self.placement.device} footprint={self.footprint_bytes / 2**20:.1f} MiB "
+            f"load={self.seconds:.1f} s"
+        )
+
+
+def load_pretrained(
+    model_cls: Any, processor_cls: Any, model_dir: Path, placement: Placement
+) -> Loaded:
+    """Load a model and its processor with the secure defaults and the requested placement."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    started = time.perf_counter()
+    common = {"local_files_only": True, "trust_remote_code": False}
+    try:
+        processor = processor_cls.from_pretrained(model_dir, **common)
+        model = model_cls.from_pretrained(
+            model_dir, use_safetensors=True, **common, **pretrained_kwargs(placement)
+        )
+    except (OSError, ValueError, ImportError, RuntimeError) as exc:
+        raise ModelLoadError(f"loading {model_dir} failed: {type(exc).__name__}: {exc}") from exc
+    model.eval()
+    return Loaded(
+        model=model,
+        processor=processor,
+        placement=placement,
+        footprint_bytes=int(model.get_memory_footprint()),
+        seconds=time.perf_counter() - started,
+    )
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """Everything `initialize()` decides before touching weights: settings, where, what."""
+
+    settings: dict[str, Any]
+    placement: Placement
+    model_dir: Path
+
+
+def plan_load(
+    args: dict[str, str], specs: list[Any], environ: dict[str, str] | None = None
+) -> LoadPlan:
+    """Resolve a model's settings from Triton's `initialize` args and check the checkpoint.
+
+    Also applies `num_threads`, since it must be set before the first torch operation.
+    """
+    import json
+
+    from shared.params import resolve
+    from shared.quantization import resolve_device, resolve_placement
+
+    model_config = json.loads(args["model_config"])
+    settings = resolve(specs, model_config, args["model_name"], environ)
+    device = resolve_device(args["model_instance_kind"], args["model_instance_device_id"])
+    placement = resolve_placement(settings["quantization"], settings["dtype"], device)
+    model_dir = resolve_model_dir(settings["model_path"], model_store_root(environ))
+    if settings.get("num_threads"):
+        import torch
+
+        torch.set_num_threads(settings["num_threads"])
+    return LoadPlan(settings=settings, placement=placement, model_dir=model_dir)

@@ -1,0 +1,228 @@
+"""Start a real tritonserver (from the nvidia-pytriton wheel) on this project's model repository.
+
+`./scripts/serve` and the tests that talk to a real server both start it through this module,
+so the environment the Python backend stub sees is the same in both:
+  * the virtual environment is "activated" (VIRTUAL_ENV, its bin first on PATH), because the
+    stub takes its site-packages from the `python3` it finds and ignores PYTHONPATH; `shared`
+    and `backends` are installed there, as in the image;
+  * LD_LIBRARY_PATH starts with the interpreter's own libpython directory (otherwise the stub
+    binds Debian's libpython3.11 and torch fails to import) and pytriton's bundled libraries
+    (libcudart, needed even without a GPU);
+  * MODEL_STORE tells the models where their checkpoints are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pytriton_dir() -> Path:
+    import pytriton
+
+    return Path(pytriton.__file__).resolve().parent / "tritonserver"
+
+
+def server_environment(model_store: Path, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment tritonserver and its Python backend stubs need (see module docstring)."""
+    env = dict(os.environ if base is None else base)
+    venv = Path(sys.prefix)
+    site_packages = Path(sysconfig.get_paths()["purelib"])
+    libs = [
+        sysconfig.get_config_var("LIBDIR") or "",
+        str(site_packages / "nvidia_pytriton.libs"),
+        str(site_packages / "nvidia" / "cuda_runtime" / "lib"),
+    ]
+    if env.get("LD_LIBRARY_PATH"):
+        libs.append(env["LD_LIBRARY_PATH"])
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libs if p)
+    env["VIRTUAL_ENV"] = str(venv)
+    env["PATH"] = os.pathsep.join([str(venv / "bin"), env.get("PATH", "")])
+    env["MODEL_STORE"] = str(model_store)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TRANSFORMERS_OFFLINE", "1")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+@dataclass
+class LocalTritonServer:
+    """A tritonserver process; a context manager that waits for readiness and stops it."""
+
+    model_repository: Path = ROOT / "model_repository"
+    model_store: Path = field(
+        default_factory=lambda: Path(os.environ.get("MODEL_STORE", ROOT / "model_store"))
+    )
+    backend_directory: Path = field(
+        default_factory=lambda: Path(
+            os.environ.get("TRITON_BACKENDS", ROOT / ".triton" / "backends")
+        )
+    )
+    http_port: int = 0
+    grpc_port: int = 0
+    metrics_port: int = 0
+    models: list[str] | None = None  # None: every model in the repository
+    extra_args: list[str] = field(default_factory=list)
+    env_overrides: dict[str, str] = field(default_factory=dict)
+    log_path: Path | None = None
+    process: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.http_port = self.http_port or free_port()
+        self.grpc_port = self.grpc_port or free_port()
+        self.metrics_port = self.metrics_port or free_port()
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def command(self) -> list[str]:
+        cmd = [
+            str(pytriton_dir() / "bin" / "tritonserver"),
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={self.backend_directory}",
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-metrics=true",
+        ]
+        if self.models is not None:
+            cmd.append("--model-control-mode=explicit")
+            cmd += [f"--load-model={name}" for name in self.models]
+        return cmd + self.extra_args
+
+    def start(self) -> LocalTritonServer:
+        env = server_environment(self.model_store)
+        env.update(self.env_overrides)
+        out = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - owned by Popen
+        self.process = subprocess.Popen(
+            self.command(),
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+        )
+        if out:
+            out.close()
+        return self
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_ready(self, timeout: float = 600.0) -> None:
+        """Block until /v2/health/ready answers 200; raise if the process dies or time runs out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(
+                    f"tritonserver exited with code {self.process.returncode} before it was ready"
+                    + (f"; see {self.log_path}" if self.log_path else "")
+                )
+            if self.is_ready():
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"tritonserver not ready after {timeout:.0f} s")
+
+    def stop(self, timeout: float = 60.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def __enter__(self) -> LocalTritonServer:
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`./scripts/serve`: run the server in the foreground until Ctrl-C or SIGTERM."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--http-port", type=int, default=int(os.environ.get("PORT_HTTP", 8000)))
+    parser.add_argument("--grpc-port", type=int, default=int(os.environ.get("PORT_GRPC", 8001)))
+    parser.add_argument(
+        "--metrics-port", type=int, default=int(os.environ.get("PORT_METRICS", 8002))
+    )
+    parser.add_argument("--model", action="append", dest="models", help="serve only these models")
+    parser.add_argument("extra", nargs="*", help="further tritonserver arguments (after --)")
+    args = parser.parse_args(argv)
+    server = LocalTritonServer(
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        models=args.models,
+        extra_args=args.extra,
+    )
+
+    def forward(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, forward)
+    server.start()
+    try:
+        server.wait_ready()
+        print(
+            f"\ntritonserver is ready\n"
+            f"  HTTP:    http://localhost:{server.http_port}   (curl localhost:{server.http_port}/v2/health/ready)\n"
+            f"  gRPC:    localhost:{server.grpc_port}\n"
+            f"  metrics: http://localhost:{server.metrics_port}/metrics\n"
+            f"Ctrl-C stops it.",
+            flush=True,
+        )
+        assert server.process is not None
+        return server.process.wait()
+    except KeyboardInterrupt:
+        print("\nstopping tritonserver", flush=True)
+        return 0
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""`python -m shared.model_store build --store DIR`: build every checkpoint the models default to.
+
+Each entry is idempotent (skipped when present and complete), so `./scripts/setup` runs this
+on every start at no cost once the store exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from shared.model_store import whisper_ct2, whisper_random
+
+ENTRIES: dict[str, Callable[[Path], Path]] = {
+    "whisper-tiny.en": whisper_ct2.import_whisper_tiny_en,
+    "whisper-tiny-random": lambda store: whisper_random.build_random_whisper(
+        store / "whisper-tiny-random", "tiny.en"
+    ),
+    "whisper-large-v3-turbo-random": lambda store: whisper_random.build_random_whisper(
+        store / "whisper-large-v3-turbo-random", "large-v3-turbo"
+    ),
+}
+
+
+def build(store: Path, only: list[str] | None = None) -> None:
+    store.mkdir(parents=True, exist_ok=True)
+    for name, builder in ENTRIES.items():
+        if only and name not in only:
+            continue
+        started = time.perf_counter()
+        path = builder(store)
+        print(f"[model-store] {name}: {path} ({time.perf_counter() - started:.1f} s)", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shared.model_store")
+    sub = parser.add_subparsers(dest="command", required=True)
+    build_cmd = sub.add_parser("build", help="build or import every default checkpoint")
+    build_cmd.add_argument("--store", type=Path, required=True)
+    build_cmd.add_argument("--only", nargs="*", choices=sorted(ENTRIES))
+    sub.add_parser("list", help="list the checkpoints this command builds")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        print("\n".join(ENTRIES))
+        return 0
+    try:
+        build(args.store, args.only)
+    except Exception as exc:  # noqa: BLE001 - one clear line instead of a traceback
+        print(f"[model-store] error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Model settings: `config.pbtxt` parameters, overridden by environment variables.
+
+Precedence, highest first:
+  1. the environment variable `<MODEL>_<PARAM>` (model name upper-cased, non-alphanumerics as
+     `_`), for example `STT_QUANTIZATION=nf4` for the model `stt`, or one of the parameter's
+     documented aliases;
+  2. the `parameters { key: "<param>" ... }` entry of the model's `config.pbtxt`;
+  3. the default declared in code.
+
+A deployment can therefore ship one image and retune each model per environment without
+editing the model repository, and a value that is not understood fails the load with a message
+naming the setting and where it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.errors import ModelLoadError
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One setting: its name in `config.pbtxt`, how to parse it and what values are allowed."""
+
+    name: str
+    default: Any
+    parse: Callable[[str], Any] = str
+    choices: Sequence[Any] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    env_aliases: Sequence[str] = field(default_factory=tuple)
+    doc: str = ""
+
+    def env_names(self, model_name: str) -> list[str]:
+        prefix = re.sub(r"[^A-Za-z0-9]", "_", model_name).upper()
+        return [f"{prefix}_{self.name.upper()}", *self.env_aliases]
+
+    def convert(self, raw: str, source: str) -> Any:
+        try:
+            value = self.parse(raw)
+        except ValueError as exc:
+            raise ModelLoadError(f"setting {self.name!r} from {source}: {exc}") from exc
+        if self.choices is not None and value not in self.choices:
+            allowed = ", ".join(map(str, self.choices))
+            raise ModelLoadError(
+                f"setting {self.name!r} from {source} is {value!r}; allowed: {allowed}"
+            )
+        if self.minimum is not None and value < self.minimum:
+            raise ModelLoadError(
+                f"setting {self.name!r} from {source} is {value}; minimum {self.minimum}"
+            )
+        if self.maximum is not None and value > self.maximum:
+            raise ModelLoadError(
+                f"setting {self.name!r} from {source} is {value}; maximum {self.maximum}"
+            )
+        return value
+
+
+def config_parameters(model_config: Mapping[str, Any]) -> dict[str, str]:
+    """The string values of a Triton model config's `parameters` map."""
+    params = model_config.get("parameters") or {}
+    return {key: entry.get("string_value", "") for key, entry in params.items()}
+
+
+def resolve(
+    specs: Sequence[Param],
+    model_config: Mapping[str, Any],
+    model_name: str,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Resolve every setting in `specs` by the precedence in this module's docstring."""
+    environ = os.environ if environ is None else environ
+    from_config = config_parameters(model_config)
+    known = {spec.name for spec in specs}
+    unknown = sorted(set(from_config) - known)
+    if unknown:
+        raise ModelLoadError(
+            f"config.pbtxt of model {model_name!r} has unknown parameters {unknown}; "
+            f"known: {sorted(known)}"
+        )
+    values: dict[str, Any] = {}
+    for spec in specs:
+        env_hit = next((n for n in spec.env_names(model_name) if environ.get(n, "") != ""), None)
+        if env_hit is not None:
+            values[spec.name] = spec.convert(environ[env_hit], f"environment variable {env_hit}")
+        elif from_config.get(spec.name, "") != "":
+            values[spec.name] = spec.convert(from_config[spec.name], "config.pbtxt")
+        else:
+            values[spec.name] = spec.default
+    return values
+
+
+def load_params(default_model_path: str) -> list[Param]:
+    """The settings every model has: which checkpoint, and how to place it."""
+    from shared.quantization import DTYPES, QUANTIZATIONS
+
+    return [
+        Param("model_path", default_model_path, doc="checkpoint directory inside the model store"),
+        Param("quantization", "none", choices=QUANTIZATIONS, doc="bitsandbytes quantization"),
+        Param(
+            "dtype",
+            "auto",
+            choices=DTYPES,
+            doc="compute dtype; auto: float32 on CPU, float16 on GPU",
+        ),
+        Param(
+            "num_threads", 0, parse=int, minimum=0, doc="torch intra-op threads; 0: torch's default"
+        ),
+    ]

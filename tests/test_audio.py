@@ -1,0 +1,81 @@
+"""Audio decoding: formats, rates, channels, and every kind of bad input a client can send."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shared.audio import decode_audio
+from shared.errors import ErrorCode, RequestError
+from tests.speech import encode
+
+RATE = 16_000
+LIMITS = {"target_rate": RATE, "max_seconds": 30.0, "max_bytes": 8 << 20}
+
+
+def tone(seconds: float, rate: int) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+
+
+@pytest.mark.parametrize("fmt", ["WAV", "FLAC", "OGG"])
+@pytest.mark.parametrize("rate", [8_000, 16_000, 22_050, 44_100, 48_000])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_decodes_any_format_rate_and_channel_count(fmt: str, rate: int, channels: int) -> None:
+    data = encode(tone(1.5, rate), rate, fmt=fmt, channels=channels)
+    audio = decode_audio(data, **LIMITS)
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert abs(audio.shape[0] - 1.5 * RATE) <= RATE * 0.01
+    # The tone survives decoding and resampling: its energy is where it was.
+    spectrum = np.abs(np.fft.rfft(audio))
+    assert abs(np.argmax(spectrum) * RATE / audio.shape[0] - 440) < 5
+
+
+def test_stereo_is_averaged_not_truncated_to_one_channel() -> None:
+    left = tone(1.0, RATE)
+    stereo = np.stack([left, np.zeros_like(left)], axis=1)
+    audio = decode_audio(encode(stereo, RATE, subtype="FLOAT"), **LIMITS)
+    np.testing.assert_allclose(audio, left / 2, atol=1e-6)
+
+
+def error_of(data: bytes, **overrides: object) -> RequestError:
+    with pytest.raises(RequestError) as info:
+        decode_audio(data, **{**LIMITS, **overrides})  # type: ignore[arg-type]
+    assert info.value.code is ErrorCode.INVALID_ARG
+    assert "input 'audio'" in info.value.message
+    return info.value
+
+
+def test_empty_input() -> None:
+    assert "is empty" in error_of(b"").message
+
+
+def test_corrupt_bytes() -> None:
+    assert "not a readable audio file" in error_of(b"RIFF\x00\x00garbage" * 10).message
+
+
+def test_zero_length_audio() -> None:
+    data = encode(np.zeros(0, dtype=np.float32), RATE)
+    assert "no audio samples" in error_of(data).message
+
+
+def test_nan_samples() -> None:
+    samples = tone(0.5, RATE)
+    samples[100] = np.nan
+    assert "NaN or infinite" in error_of(encode(samples, RATE, subtype="FLOAT")).message
+
+
+def test_too_long_names_the_limit() -> None:
+    message = error_of(encode(tone(3.0, RATE), RATE), max_seconds=2.0).message
+    assert "3.0 s long" in message and "limit is 2 s" in message and "max_audio_seconds" in message
+
+
+def test_too_many_bytes_names_the_limit() -> None:
+    message = error_of(encode(tone(1.0, RATE), RATE), max_bytes=2048).message
+    assert "limit is 2048 bytes" in message
+
+
+def test_truncated_file_is_rejected_or_shorter_never_garbage() -> None:
+    data = encode(tone(1.0, RATE), RATE, fmt="FLAC")
+    with pytest.raises(RequestError):
+        decode_audio(data[:40], **LIMITS)

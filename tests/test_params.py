@@ -1,0 +1,48 @@
+"""Settings precedence: environment over config.pbtxt over code, with clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.errors import ModelLoadError
+from shared.params import Param, load_params, resolve
+
+SPECS = [*load_params("default-model"), Param("max_audio_seconds", 30.0, parse=float, minimum=1)]
+
+
+def config(**values: str) -> dict:
+    return {"parameters": {k: {"string_value": v} for k, v in values.items()}}
+
+
+def test_defaults_then_config_then_environment() -> None:
+    assert resolve(SPECS, config(), "stt", {})["model_path"] == "default-model"
+    assert resolve(SPECS, config(model_path="a"), "stt", {})["model_path"] == "a"
+    env = {"STT_MODEL_PATH": "b"}
+    assert resolve(SPECS, config(model_path="a"), "stt", env)["model_path"] == "b"
+
+
+def test_environment_is_per_model() -> None:
+    env = {"STT_QUANTIZATION": "nf4"}
+    assert resolve(SPECS, config(), "stt", env)["quantization"] == "nf4"
+    assert resolve(SPECS, config(), "vlm_stream", env)["quantization"] == "none"
+    assert (
+        resolve(SPECS, config(), "vlm_stream", {"VLM_STREAM_QUANTIZATION": "int8"})["quantization"]
+        == "int8"
+    )
+
+
+def test_values_are_parsed_and_checked() -> None:
+    assert resolve(SPECS, config(max_audio_seconds="12.5"), "stt", {})["max_audio_seconds"] == 12.5
+    with pytest.raises(
+        ModelLoadError, match="'quantization' from environment variable STT_QUANTIZATION"
+    ):
+        resolve(SPECS, config(), "stt", {"STT_QUANTIZATION": "int3"})
+    with pytest.raises(ModelLoadError, match="max_audio_seconds.*minimum"):
+        resolve(SPECS, config(max_audio_seconds="0"), "stt", {})
+    with pytest.raises(ModelLoadError, match="from config.pbtxt"):
+        resolve(SPECS, config(num_threads="many"), "stt", {})
+
+
+def test_unknown_config_parameter_is_refused() -> None:
+    with pytest.raises(ModelLoadError, match="unknown parameters \\['quantisation'\\]"):
+        resolve(SPECS, config(quantisation="nf4"), "stt", {})
