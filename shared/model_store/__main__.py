@@ -32,7 +32,9 @@ def build(store: Path, only: list[str] | None = None) -> None:
             continue
         started = time.perf_counter()
         path = builder(store)
-        print(f"[model-store] {name}: {path} ({time.perf_counter() - started:.1f} s)", file=sys.stderr)
+        print(
+            f"[model-store] {name}: {path} ({time.perf_counter() - started:.1f} s)", file=sys.stderr
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         build(args.store, args.only)
-    except Exception as exc:  # noqa: BLE001 - one clear line instead of a traceback
+    except Exception as exc:
         print(f"[model-store] error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     return 0
