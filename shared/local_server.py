@@ -77,6 +77,7 @@ class LocalTritonServer:
             os.environ.get("TRITON_BACKENDS", ROOT / ".triton" / "backends")
         )
     )
+    address: str = "127.0.0.1"  # what the endpoints bind to; 0.0.0.0 to serve other hosts
     http_port: int = 0
     grpc_port: int = 0
     metrics_port: int = 0
@@ -104,8 +105,11 @@ class LocalTritonServer:
             str(pytriton_dir() / "bin" / "tritonserver"),
             f"--model-repository={self.model_repository}",
             f"--backend-directory={self.backend_directory}",
+            f"--http-address={self.address}",
             f"--http-port={self.http_port}",
+            f"--grpc-address={self.address}",
             f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={self.address}",
             f"--metrics-port={self.metrics_port}",
             "--allow-metrics=true",
         ]
@@ -181,6 +185,7 @@ class LocalTritonServer:
 def main(argv: list[str] | None = None) -> int:
     """`./scripts/serve`: run the server in the foreground until Ctrl-C or SIGTERM."""
     parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--address", default=os.environ.get("BIND_ADDRESS", "127.0.0.1"))
     parser.add_argument("--http-port", type=int, default=int(os.environ.get("PORT_HTTP", 8000)))
     parser.add_argument("--grpc-port", type=int, default=int(os.environ.get("PORT_GRPC", 8001)))
     parser.add_argument(
@@ -190,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("extra", nargs="*", help="further tritonserver arguments (after --)")
     args = parser.parse_args(argv)
     server = LocalTritonServer(
+        address=args.address,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,

@@ -10,11 +10,13 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+# Sentences espeak-ng says clearly enough for whisper-tiny.en to get (nearly) every word.
 SENTENCES = [
-    "The quick brown fox jumps over the lazy dog.",
+    "My name is John and I live in London.",
     "Please call Stella and ask her to bring these things with her from the store.",
-    "She sells sea shells by the sea shore.",
+    "Open the door and turn on the lights.",
     "A large language model can answer questions about the weather.",
+    "Thank you very much for your help.",
 ]
 
 

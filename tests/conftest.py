@@ -1,0 +1,55 @@
+"""Fixtures shared by the test modules: the model store and real tritonservers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.local_server import LocalTritonServer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def model_store() -> Path:
+    """The store ./scripts/setup built (MODEL_STORE, default ./model_store)."""
+    store = Path(os.environ.get("MODEL_STORE", ROOT / "model_store"))
+    if not store.is_dir():
+        pytest.fail(f"model store {store} is missing: run ./scripts/setup (./scripts/test does)")
+    return store
+
+
+def start_server(
+    tmp_path_factory: pytest.TempPathFactory,
+    models: list[str],
+    repository: Path = ROOT / "model_repository",
+    env: dict[str, str] | None = None,
+) -> LocalTritonServer:
+    """A running server with `models` loaded; its log is printed if it fails to start."""
+    log = tmp_path_factory.mktemp("tritonserver") / "server.log"
+    server = LocalTritonServer(
+        model_repository=repository, models=models, log_path=log, env_overrides=env or {}
+    )
+    try:
+        server.__enter__()
+    except (RuntimeError, TimeoutError) as exc:
+        tail = log.read_text(encoding="utf-8", errors="replace")[-4000:]
+        pytest.fail(f"tritonserver did not start: {exc}\n{tail}")
+    return server
+
+
+@pytest.fixture(scope="module")
+def stt_server(
+    tmp_path_factory: pytest.TempPathFactory, model_store: Path
+) -> Iterator[LocalTritonServer]:
+    """The stt model with its shipped config, limits lowered so the tests stay small."""
+    server = start_server(
+        tmp_path_factory,
+        ["stt"],
+        env={"STT_MAX_AUDIO_SECONDS": "120", "MODEL_STORE": str(model_store)},
+    )
+    yield server
+    server.stop()

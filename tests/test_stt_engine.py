@@ -1,0 +1,127 @@
+"""The Whisper engine in-process: one generate() per group of equal options, batch invariance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from backends.stt import SttRow, WhisperEngine
+from shared.errors import RequestError
+from shared.quantization import resolve_placement
+
+RATE = 16_000
+
+
+def clip(seconds: float, seed: int) -> np.ndarray:
+    """Noise shaped like speech loudness: random weights only need distinct inputs."""
+    rng = np.random.default_rng(seed)
+    return (0.1 * rng.standard_normal(int(seconds * RATE))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def english(model_store: Path) -> WhisperEngine:
+    return WhisperEngine.load(
+        model_store / "whisper-tiny-random", resolve_placement("none", "auto", "cpu")
+    )
+
+
+@pytest.fixture(scope="module")
+def multilingual(model_store: Path) -> WhisperEngine:
+    return WhisperEngine.load(
+        model_store / "whisper-large-v3-turbo-random", resolve_placement("none", "auto", "cpu")
+    )
+
+
+def count_generate_calls(engine: WhisperEngine, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    sizes: list[int] = []
+    original = engine.model.generate
+
+    def spy(*args, **kwargs):
+        sizes.append(int(kwargs["input_features"].shape[0]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "generate", spy)
+    return sizes
+
+
+def test_equal_options_make_one_generate_call(english, monkeypatch) -> None:
+    sizes = count_generate_calls(english, monkeypatch)
+    rows = [SttRow(audio=clip(s, i), max_new_tokens=8) for i, s in enumerate([1.0, 3.5, 0.4, 7.0])]
+    english.transcribe(rows)
+    assert sizes == [4]
+
+
+def test_batched_equals_one_at_a_time_with_mixed_lengths(english) -> None:
+    rows = [
+        SttRow(audio=clip(s, i), max_new_tokens=12)
+        for i, s in enumerate([0.5, 6.0, 2.2, 11.0, 1.1])
+    ]
+    together = [t.text for t in english.transcribe(rows)]
+    alone = [english.transcribe([row])[0].text for row in rows]
+    assert together == alone
+    assert len(set(together)) > 1, "distinct clips should give distinct babble"
+
+
+def test_different_options_are_grouped_never_forced(english, monkeypatch) -> None:
+    sizes = count_generate_calls(english, monkeypatch)
+    rows = [
+        SttRow(audio=clip(1.0, 0), max_new_tokens=4),
+        SttRow(audio=clip(1.0, 1), max_new_tokens=9),
+        SttRow(audio=clip(1.0, 2), max_new_tokens=4),
+    ]
+    out = english.transcribe(rows)
+    assert sorted(sizes) == [1, 2]
+    assert out[1].text == english.transcribe([rows[1]])[0].text
+
+
+def test_long_audio_uses_every_window(english) -> None:
+    (result,) = english.transcribe([SttRow(audio=clip(65.0, 3), max_new_tokens=6)])
+    assert result.segments is not None
+    assert result.segments[-1]["end"] > 30.0, result.segments
+
+
+def test_english_only_checks(english) -> None:
+    assert english.check_language("en") is None and english.check_language("English") is None
+    with pytest.raises(RequestError, match="English-only"):
+        english.check_language("de")
+    with pytest.raises(RequestError, match="English-only"):
+        english.check_task("translate")
+    with pytest.raises(RequestError, match="allowed: 1 to"):
+        english.check_max_new_tokens(100_000)
+
+
+def test_multilingual_language_per_row_in_one_call(multilingual, monkeypatch) -> None:
+    assert multilingual.multilingual and multilingual.model.config.num_mel_bins == 128
+    assert multilingual.check_language("French") == "fr"
+    with pytest.raises(RequestError, match="does not know"):
+        multilingual.check_language("klingon")
+    sizes = count_generate_calls(multilingual, monkeypatch)
+    rows = [
+        SttRow(audio=clip(1.0, i), language=lang, max_new_tokens=5)
+        for i, lang in enumerate(["fr", "de", "fr"])
+    ]
+    together = [t.text for t in multilingual.transcribe(rows)]
+    assert sizes == [3]
+    assert together == [multilingual.transcribe([row])[0].text for row in rows]
+
+
+def test_translate_and_transcribe_are_separate_calls(multilingual, monkeypatch) -> None:
+    sizes = count_generate_calls(multilingual, monkeypatch)
+    rows = [
+        SttRow(audio=clip(1.0, 0), language="fr", task="translate", max_new_tokens=4),
+        SttRow(audio=clip(1.0, 1), language="fr", task="transcribe", max_new_tokens=4),
+    ]
+    multilingual.transcribe(rows)
+    assert sizes == [1, 1]
+
+
+@pytest.mark.parametrize("quantization", ["int8", "nf4", "fp4"])
+def test_quantized_load_and_transcribe(model_store: Path, quantization: str) -> None:
+    engine = WhisperEngine.load(
+        model_store / "whisper-tiny-random", resolve_placement(quantization, "auto", "cpu")
+    )
+    assert f"quantization={quantization}" in engine.describe() and "footprint=" in engine.describe()
+    (result,) = engine.transcribe([SttRow(audio=clip(1.0, 0), max_new_tokens=4)])
+    assert isinstance(result.text, str)
