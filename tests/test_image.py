@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -91,7 +92,15 @@ def imported_modules(path: Path) -> set[str]:
 @pytest.fixture(scope="module")
 def wheel_members(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
     """The files `pip install .` puts into site-packages in the image."""
-    out = tmp_path_factory.mktemp("wheel")
+    work = tmp_path_factory.mktemp("wheel")
+    source, out = work / "src", work / "dist"
+    # Build from a copy with what the Dockerfile copies, so nothing else can sneak in and the
+    # checkout gets no build/ or *.egg-info.
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for name in ("shared", "backends"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
         [
             sys.executable,
@@ -103,7 +112,7 @@ def wheel_members(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
             "--no-build-isolation",
             "-w",
             str(out),
-            str(ROOT),
+            str(source),
         ],
         check=True,
         capture_output=True,
