@@ -63,17 +63,24 @@ def test_special_token_layout_matches_whisper(built) -> None:
 def test_multilingual_prompt_carries_each_rows_language_and_the_task(tmp_path: Path) -> None:
     path = build_random_whisper(tmp_path / "m", "large-v3-turbo")
     processor, model = load(path)
-    features = processor(
-        [np.zeros(16_000, dtype=np.float32)] * 2, sampling_rate=16_000, return_tensors="pt"
-    )
-    out = model.generate(
+    clips = [np.random.default_rng(i).standard_normal(16_000).astype(np.float32) for i in range(2)]
+    features = processor(clips, sampling_rate=16_000, return_tensors="pt")
+    prompts: list[list[str]] = []
+    forward = model.forward
+
+    def spy(*args, **kwargs):
+        if not prompts:  # the first decoder step sees the whole forced prompt
+            ids = kwargs["decoder_input_ids"]
+            prompts.extend(processor.tokenizer.convert_ids_to_tokens(row) for row in ids)
+        return forward(*args, **kwargs)
+
+    model.forward = spy
+    model.generate(
         input_features=features.input_features,
         language=["fr", "de"],
         task="translate",
         max_new_tokens=2,
-        return_dict_in_generate=True,
     )
-    prompts = [processor.tokenizer.convert_ids_to_tokens(seq[:4]) for seq in out.sequences]
     assert prompts == [
         ["<|startoftranscript|>", "<|fr|>", "<|translate|>", "<|notimestamps|>"],
         ["<|startoftranscript|>", "<|de|>", "<|translate|>", "<|notimestamps|>"],
