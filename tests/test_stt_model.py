@@ -1,0 +1,160 @@
+"""model_repository/stt through the pb_utils harness: parsing, per-request errors, batching."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared.errors import ModelLoadError
+from tests.harness.runner import ModelHarness, ServerRejected
+from tests.speech import encode
+
+ROOT = Path(__file__).resolve().parents[1]
+STT = ROOT / "model_repository" / "stt"
+
+
+def clip(seconds: float, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    return encode((0.1 * rng.standard_normal(int(seconds * 16_000))).astype(np.float32), 16_000)
+
+
+def audio(*clips: bytes) -> dict[str, np.ndarray]:
+    return {"audio": np.array([[c] for c in clips], dtype=np.object_)}
+
+
+def with_tokens(inputs: dict[str, np.ndarray], n: int = 6) -> dict[str, np.ndarray]:
+    rows = inputs["audio"].shape[0]
+    return {**inputs, "max_new_tokens": np.full((rows, 1), n, dtype=np.int32)}
+
+
+@pytest.fixture(scope="module")
+def stt(model_store: Path) -> Iterator[ModelHarness]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MODEL_STORE", str(model_store))
+        harness = ModelHarness(
+            STT, parameters={"model_path": "whisper-tiny-random", "max_audio_seconds": "60"}
+        ).load()
+        yield harness
+        harness.finalize()
+
+
+def test_initialize_logs_the_placement_and_footprint(stt: ModelHarness) -> None:
+    logged = [m for level, m in stt.pb_utils.Logger.records if level == "INFO"]
+    assert any(
+        "stt: loaded" in m and "quantization=none" in m and "footprint=" in m for m in logged
+    )
+
+
+def test_batch_equals_one_at_a_time(stt: ModelHarness) -> None:
+    clips = [clip(s, i) for i, s in enumerate([0.7, 4.0, 1.5, 9.0])]
+    requests = [stt.request(with_tokens(audio(c))) for c in clips]
+    together = [r.text("text") for r in stt.execute(requests)]
+    alone = [stt.infer(with_tokens(audio(c))).text("text") for c in clips]
+    assert together == alone
+
+
+def test_a_request_with_several_rows_gets_one_output_row_each(stt: ModelHarness) -> None:
+    result = stt.infer(with_tokens(audio(clip(1.0, 1), clip(2.0, 2))))
+    assert result.outputs["text"].shape == (2, 1)
+    assert result.outputs["segments"].shape == (2, 1)
+    assert result.text("text", 1) == stt.infer(with_tokens(audio(clip(2.0, 2)))).text("text")
+
+
+def test_bad_requests_fail_alone_with_invalid_arg(stt: ModelHarness) -> None:
+    good = with_tokens(audio(clip(1.0, 0)))
+    cases = {
+        "corrupt": (audio(b"not audio at all"), "input 'audio' is not a readable audio file"),
+        "language": (
+            {**good, "language": np.array([[b"fr"]], dtype=np.object_)},
+            "English-only",
+        ),
+        "tokens": (with_tokens(audio(clip(1.0, 0)), 0), "input 'max_new_tokens' is 0"),
+        "temperature": (
+            {**good, "temperature": np.array([[np.nan]], dtype=np.float32)},
+            "input 'temperature' is nan",
+        ),
+        "utf-8": ({**good, "task": np.array([[b"\xff\xfe"]], dtype=np.object_)}, "not valid UTF-8"),
+        "long": (audio(encode(np.zeros(16_000 * 61, dtype=np.float32), 16_000)), "limit is 60 s"),
+        "missing": (
+            {"language": np.array([[b"en"]], dtype=np.object_)},
+            "input 'audio' is required",
+        ),
+    }
+    # max_batch_size 8: one good request and the seven bad ones fill a batch.
+    requests = [stt.request(good)] + [stt.request(inputs) for inputs, _ in cases.values()]
+    results = stt.execute(requests)
+    assert results[0].error is None
+    assert results[0].text("text") == stt.infer(good).text("text")
+    for result, (name, (_, expected)) in zip(results[1:], cases.items(), strict=True):
+        assert result.code == "INVALID_ARG", (name, result.message)
+        assert expected in result.message, (name, result.message)
+        assert result.http_status == 400
+
+
+def test_engine_failure_fails_the_batch_with_a_short_internal_error(
+    stt: ModelHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(rows):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(stt.model.engine, "transcribe", broken)
+    results = stt.execute([stt.request(audio(clip(1.0, i))) for i in range(3)])
+    assert [r.code for r in results] == ["INTERNAL"] * 3
+    assert all(
+        "internal error while running the model (RuntimeError)" in r.message for r in results
+    )
+    assert all("Traceback" not in r.message and "simulated" not in r.message for r in results)
+    errors = [m for level, m in stt.pb_utils.Logger.records if level == "ERROR"]
+    assert any("Traceback" in m and "simulated" in m for m in errors), "the log keeps the details"
+
+
+def test_server_checks_happen_before_the_model(stt: ModelHarness) -> None:
+    with pytest.raises(ServerRejected, match="data-type"):
+        stt.request({"audio": np.zeros((1, 1), dtype=np.float32)})
+    with pytest.raises(ServerRejected, match="shape"):
+        stt.request({"audio": np.array([[b"a", b"b"]], dtype=np.object_)})
+    with pytest.raises(ServerRejected, match="batch-size"):
+        stt.request(audio(*[b"x"] * 9))
+    with pytest.raises(ServerRejected, match="unexpected inference input"):
+        stt.request({**audio(b"x"), "speed": np.ones((1, 1), dtype=np.float32)})
+
+
+def test_timestamps_on_request(stt: ModelHarness) -> None:
+    inputs = {**with_tokens(audio(clip(2.0, 5))), "return_timestamps": np.array([[True]])}
+    import json
+
+    segments = json.loads(stt.infer(inputs).outputs["segments"][0, 0])
+    assert isinstance(segments, list) and all({"start", "end", "text"} <= set(s) for s in segments)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"STT_QUANTIZATION": "int3"}, "environment variable STT_QUANTIZATION"),
+        ({"STT_MODEL_PATH": "../../etc"}, "outside the model store"),
+        ({"STT_MODEL_PATH": "no-such-model"}, "does not exist"),
+    ],
+)
+def test_bad_settings_fail_the_load_naming_them(
+    model_store: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
+) -> None:
+    monkeypatch.setenv("MODEL_STORE", str(model_store))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ModelLoadError, match=expected):
+        ModelHarness(STT).load()
+
+
+@pytest.mark.parametrize("quantization", ["int8", "nf4"])
+def test_quantized_model_serves(
+    model_store: Path, monkeypatch: pytest.MonkeyPatch, quantization: str
+) -> None:
+    monkeypatch.setenv("MODEL_STORE", str(model_store))
+    monkeypatch.setenv("STT_QUANTIZATION", quantization)
+    with ModelHarness(STT, parameters={"model_path": "whisper-tiny-random"}) as harness:
+        result = harness.infer(with_tokens(audio(clip(1.0, 0))))
+        assert result.error is None
+        assert any(f"quantization={quantization}" in m for _, m in harness.pb_utils.Logger.records)
