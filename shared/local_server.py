@@ -78,6 +78,7 @@ class LocalTritonServer:
         )
     )
     address: str = "127.0.0.1"  # what the endpoints bind to; 0.0.0.0 to serve other hosts
+    exit_timeout: int = 10
     http_port: int = 0
     grpc_port: int = 0
     metrics_port: int = 0
@@ -112,6 +113,8 @@ class LocalTritonServer:
             f"--metrics-address={self.address}",
             f"--metrics-port={self.metrics_port}",
             "--allow-metrics=true",
+            # Open client connections hold shutdown up to this long (default 30 s).
+            f"--exit-timeout-secs={self.exit_timeout}",
         ]
         if self.models is not None:
             cmd.append("--model-control-mode=explicit")
