@@ -6,8 +6,6 @@ tested in-process, and the benchmarks compare it served against in-process.
 
 from __future__ import annotations
 
-import logging
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +15,8 @@ import numpy as np
 from backends.batching import group_by_key
 from shared.errors import invalid
 from shared.loading import Loaded, load_pretrained
+from shared.logs import quiet_repeated_warnings
 from shared.quantization import Placement
-
-log = logging.getLogger(__name__)
 
 TASKS = ("transcribe", "translate")
 
@@ -72,6 +69,7 @@ class WhisperEngine:
     ) -> WhisperEngine:
         from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
 
+        quiet_repeated_warnings()
         loaded = load_pretrained(AutoModelForSpeechSeq2Seq, AutoProcessor, model_dir, placement)
         return cls(loaded, max_new_tokens_limit)
 
@@ -192,9 +190,7 @@ class WhisperEngine:
             kwargs.update(do_sample=True, temperature=first.temperature)
         else:
             kwargs["do_sample"] = False
-        with torch.inference_mode(), warnings.catch_warnings():
-            # bitsandbytes int8 warns about fp16 casting on every matmul.
-            warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
+        with torch.inference_mode():
             output = self.model.generate(**kwargs)
         sequences = output["sequences"] if isinstance(output, dict) else output
         texts = self.processor.batch_decode(sequences, skip_special_tokens=True)

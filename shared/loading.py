@@ -7,7 +7,6 @@ the model store, so a setting cannot point a model at an arbitrary path on the h
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from dataclasses import dataclass
@@ -16,8 +15,6 @@ from typing import Any
 
 from shared.errors import ModelLoadError
 from shared.quantization import Placement, pretrained_kwargs
-
-log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_STORE = "/models"
 
