@@ -48,8 +48,10 @@ def decode_audio(
                 )
             samples = sound.read(dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        # libsndfile's own reason, without soundfile's "Error opening <BytesIO at 0x...>".
+        reason = getattr(exc, "error_string", None) or str(exc)
         raise invalid(
-            f"input '{name}' is not a readable audio file (WAV, FLAC, OGG/Vorbis/Opus, MP3): {exc}"
+            f"input '{name}' is not a readable audio file (WAV, FLAC, OGG/Vorbis/Opus, MP3): {reason}"
         ) from exc
     if samples.shape[0] == 0:
         raise invalid(f"input '{name}' contains no audio samples")
