@@ -196,3 +196,35 @@ def test_many_hostile_requests_leave_the_server_serving(stt_server, speech) -> N
     assert set(statuses) == {"400"}
     text = transcribe_http(stt_server, encode(speech[3][1], speech[3][2]))["text"]
     assert "weather" in text.lower()
+
+
+@pytest.fixture(scope="module")
+def multilingual_server(tmp_path_factory, model_store):
+    from tests.conftest import start_server
+
+    server = start_server(
+        tmp_path_factory,
+        ["stt"],
+        env={"MODEL_STORE": str(model_store), "STT_MODEL_PATH": "whisper-large-v3-turbo-random"},
+    )
+    yield server
+    server.stop()
+
+
+def test_a_multilingual_checkpoint_accepts_language_and_translate(
+    multilingual_server, speech
+) -> None:
+    client = grpcclient.InferenceServerClient(multilingual_server.grpc_url)
+    inputs = [audio_input(grpcclient, encode(speech[0][1], speech[0][2]))]
+    for name, value in [("language", b"fr"), ("task", b"translate")]:
+        tensor = grpcclient.InferInput(name, [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[value]], dtype=np.object_))
+        inputs.append(tensor)
+    tokens = grpcclient.InferInput("max_new_tokens", [1, 1], "INT32")
+    tokens.set_data_from_numpy(np.array([[8]], dtype=np.int32))
+    result = client.infer("stt", [*inputs, tokens])  # random weights: the text is babble
+    assert isinstance(result.as_numpy("text")[0, 0], bytes)
+    with pytest.raises(InferenceServerException, match="does not know"):
+        unknown = grpcclient.InferInput("language", [1, 1], "BYTES")
+        unknown.set_data_from_numpy(np.array([[b"klingon"]], dtype=np.object_))
+        client.infer("stt", [inputs[0], unknown])
