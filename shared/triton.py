@@ -103,24 +103,75 @@ def json_tensor(name: str, values: Sequence[Any]) -> Any:
     return bytes_tensor(name, [json.dumps(v, ensure_ascii=False) for v in values])
 
 
+class ErrorCounter:
+    """A Prometheus counter of requests answered with an error, by model and code.
+
+    Triton counts a response that carries a TritonError as a success in its own
+    `nv_inference_request_success`; this counter is how operators see per-request failures.
+    """
+
+    NAME = "multimodal_request_errors_total"
+
+    def __init__(self, model_name: str) -> None:
+        self._model = model_name
+        self._family = pb_utils.MetricFamily(
+            name=self.NAME,
+            description="Requests answered with an error, by model and Triton error code",
+            kind=pb_utils.MetricFamily.COUNTER,
+        )
+        self._metrics: dict[str, Any] = {}
+
+    def count(self, code: str) -> None:
+        metric = self._metrics.get(code)
+        if metric is None:
+            metric = self._family.Metric(labels={"model": self._model, "code": code})
+            self._metrics[code] = metric
+        metric.increment(1)
+
+
 def run_batch(
     requests: Sequence[Any],
     parse: Callable[[Any], list[Row]],
     run: Callable[[list[Row]], list[Result]],
     respond: Callable[[Any, list[Result]], Any],
     model_name: str,
+    errors: ErrorCounter | None = None,
 ) -> list[Any]:
     """Parse each request, run all valid rows in one engine call, respond to each request.
 
     `parse` turns a request into its rows or raises RequestError (only that request fails).
     `run` is the engine's batched call. `respond` builds the InferenceResponse of one request
-    from its rows' results. An unexpected exception fails the affected requests with INTERNAL
-    and a short message; the traceback goes to the server log, not to clients.
+    from its rows' results. A request its client already cancelled is answered CANCELLED
+    without running. An unexpected exception fails the affected requests with INTERNAL and a
+    short message; the traceback goes to the server log, not to clients.
     """
+    responses = _run_batch(requests, parse, run, respond, model_name)
+    if errors is not None:
+        # Built here, not at import: Triton imports model.py (and so this module) for
+        # auto-complete before the C++ half of pb_utils, TritonError included, exists.
+        names = {getattr(pb_utils.TritonError, code.value): code.value for code in ErrorCode}
+        for response in responses:
+            if response.has_error():
+                errors.count(names.get(response.error().code(), "UNKNOWN"))
+    return responses
+
+
+def _run_batch(
+    requests: Sequence[Any],
+    parse: Callable[[Any], list[Row]],
+    run: Callable[[list[Row]], list[Result]],
+    respond: Callable[[Any, list[Result]], Any],
+    model_name: str,
+) -> list[Any]:
     responses: list[Any] = [None] * len(requests)
     rows: list[Row] = []
     spans: list[tuple[int, int, int]] = []  # (request index, first row, row count)
     for index, request in enumerate(requests):
+        if request.is_cancelled():
+            responses[index] = error_response(
+                RequestError("the request was cancelled", ErrorCode.CANCELLED)
+            )
+            continue
         try:
             parsed = parse(request)
         except RequestError as error:

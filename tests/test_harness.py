@@ -85,3 +85,17 @@ def test_initialize_args_are_all_strings_as_triton_passes_them() -> None:
         "model_config", "model_instance_kind", "model_instance_name",
         "model_instance_device_id", "model_repository", "model_version", "model_name",
     }  # fmt: skip
+
+
+def test_model_import_sees_only_the_pure_python_half(tmp_path: Path) -> None:
+    """As in Triton's auto-complete step: TritonError & co. do not exist yet at import time."""
+    import shutil
+
+    model_dir = tmp_path / "early"
+    shutil.copytree(CONTRACT / "contract", model_dir)
+    source = (model_dir / "1" / "model.py").read_text(encoding="utf-8")
+    early = "INVALID = pb_utils.TritonError.INVALID_ARG\n"
+    (model_dir / "1" / "model.py").write_text(source + early, encoding="utf-8")
+    with pytest.raises(AttributeError, match="TritonError"):
+        ModelHarness(model_dir).load()
+    assert hasattr(pb_utils_module(), "TritonError"), "restored after the import"

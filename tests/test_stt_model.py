@@ -158,3 +158,22 @@ def test_quantized_model_serves(
         result = harness.infer(with_tokens(audio(clip(1.0, 0))))
         assert result.error is None
         assert any(f"quantization={quantization}" in m for _, m in harness.pb_utils.Logger.records)
+
+
+def test_a_cancelled_request_is_answered_cancelled_and_not_run(stt: ModelHarness) -> None:
+    cancelled = stt.request(with_tokens(audio(clip(1.0, 0))))
+    cancelled.cancel()
+    live = stt.request(with_tokens(audio(clip(1.0, 1))))
+    first, second = stt.execute([cancelled, live])
+    assert first.code == "CANCELLED" and second.error is None
+
+
+def test_errors_are_counted_by_code(stt: ModelHarness) -> None:
+    family = stt.pb_utils.MetricFamily.families["multimodal_request_errors_total"]
+
+    def count(code: str) -> float:
+        return sum(m.value() for m in family.metrics if m.labels == {"model": "stt", "code": code})
+
+    before = count("INVALID_ARG")
+    stt.execute([stt.request(audio(b"junk")), stt.request(audio(b""))])
+    assert count("INVALID_ARG") == before + 2

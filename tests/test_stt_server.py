@@ -228,3 +228,22 @@ def test_a_multilingual_checkpoint_accepts_language_and_translate(
         unknown = grpcclient.InferInput("language", [1, 1], "BYTES")
         unknown.set_data_from_numpy(np.array([[b"klingon"]], dtype=np.object_))
         client.infer("stt", [inputs[0], unknown])
+
+
+def test_per_request_errors_are_counted_in_prometheus_metrics(stt_server) -> None:
+    import urllib.request
+
+    def count() -> float:
+        url = f"http://127.0.0.1:{stt_server.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        for line in text.splitlines():
+            if line.startswith("multimodal_request_errors_total{") and 'code="INVALID_ARG"' in line:
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = count()
+    client = httpclient.InferenceServerClient(stt_server.http_url)
+    with pytest.raises(InferenceServerException):
+        client.infer("stt", [audio_input(httpclient, b"junk")])
+    assert count() == before + 1

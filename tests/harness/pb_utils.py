@@ -377,6 +377,9 @@ _CPP_PART = {
 }
 
 
+CPP_NAMES = tuple(_CPP_PART)
+
+
 def build_module() -> types.ModuleType:
     """A fresh `triton_python_backend_utils`: the shipped .py plus the C++ half above."""
     module = types.ModuleType("triton_python_backend_utils")

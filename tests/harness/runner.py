@@ -183,7 +183,10 @@ class ModelHarness:
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         with _on_sys_path([str(version_dir), str(self.model_dir)]):
-            spec.loader.exec_module(module)
+            # Triton first imports model.py for auto-complete, when pb_utils has only its
+            # pure-Python half: code that touches TritonError & co. at import time fails there.
+            with _without_cpp_half(self.pb_utils):
+                spec.loader.exec_module(module)
             self.model = module.TritonPythonModel()
             if hasattr(self.model, "initialize"):
                 self.model.initialize(self.args())
@@ -365,6 +368,18 @@ def _as_server_array(array: np.ndarray) -> np.ndarray:
             out[index] = value.encode("utf-8") if isinstance(value, str) else bytes(value)
         return out
     return array
+
+
+@contextmanager
+def _without_cpp_half(module: types.ModuleType) -> Iterator[None]:
+    saved = {name: getattr(module, name) for name in mock.CPP_NAMES if hasattr(module, name)}
+    for name in saved:
+        delattr(module, name)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(module, name, value)
 
 
 @contextmanager

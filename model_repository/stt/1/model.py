@@ -34,11 +34,12 @@ class TritonPythonModel:
         self.engine = WhisperEngine.load(
             plan.model_dir, plan.placement, max_new_tokens_limit=plan.settings["max_new_tokens"]
         )
+        self.errors = triton.ErrorCounter(self.name)
         pb_utils.Logger.log_info(f"{self.name}: loaded {plan.model_dir}: {self.engine.describe()}")
 
     def execute(self, requests: list[Any]) -> list[Any]:
         return triton.run_batch(
-            requests, self._parse, self.engine.transcribe, self._respond, self.name
+            requests, self._parse, self.engine.transcribe, self._respond, self.name, self.errors
         )
 
     def _parse(self, request: Any) -> list[SttRow]:
