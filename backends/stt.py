@@ -158,6 +158,11 @@ class WhisperEngine:
         timestamps = long_form or first.want_segments
         audio = [row.audio for row in rows]
         if long_form:
+            # Zero-pad to whole feature frames: the batch's attention mask counts ceil(n / hop)
+            # frames where a lone clip's features hold floor(n / hop), which made a long clip's
+            # last window differ between batched and alone. Under 10 ms of silence is added.
+            hop = self.processor.feature_extractor.hop_length
+            audio = [np.pad(a, (0, -a.shape[0] % hop)) for a in audio]
             # Long-form: features cover the whole clip; generate() walks it window by window.
             features = self.processor(
                 audio,
