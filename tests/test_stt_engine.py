@@ -127,7 +127,7 @@ def test_quantized_load_and_transcribe(model_store: Path, quantization: str) -> 
     assert isinstance(result.text, str)
 
 
-def test_long_form_batched_equals_alone_at_any_length(english) -> None:  # noqa: ANN001
+def test_long_form_batched_equals_alone_at_any_length(english) -> None:
     """Lengths off the 160-sample hop once made a long clip's last window differ in a batch."""
     rows = [
         SttRow(audio=np.concatenate([clip(45.0, 7), clip(0.01, 9)[:123]]), max_new_tokens=6),
