@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -83,9 +84,15 @@ def test_concurrent_requests_are_batched_and_equal_one_at_a_time(stt_server, spe
     before = client.get_inference_statistics("stt")["model_stats"][0]
     pending = [client.async_infer("stt", [audio_input(httpclient, clip)]) for clip in clips]
     together = [p.get_result().as_numpy("text")[0, 0].decode("utf-8") for p in pending]
-    after = client.get_inference_statistics("stt")["model_stats"][0]
     assert together == alone * 2
-    requests = after["inference_count"] - before["inference_count"]
+    # Triton updates the statistics after the responses are out: give it a moment.
+    deadline = time.monotonic() + 10
+    while True:
+        after = client.get_inference_statistics("stt")["model_stats"][0]
+        requests = after["inference_count"] - before["inference_count"]
+        if requests >= len(clips) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     executions = after["execution_count"] - before["execution_count"]
     assert requests == len(clips)
     assert executions < requests, "the dynamic batcher never put two requests in one execute()"

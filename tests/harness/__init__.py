@@ -1,7 +1,21 @@
-"""A strict stand-in for Triton's Python backend, to unit-test `model.py` files without a server.
+"""A strict stand-in for tritonserver 2.51's Python backend, to unit-test `model.py` files.
 
-`pb_utils.build_module()` makes the `triton_python_backend_utils` module the way the real stub
-does: the shipped pure-Python part is executed as it is, and the C++ part (Tensor, requests,
-responses, errors, logging, metrics) is provided by classes that follow the real semantics.
-`runner.ModelHarness` loads a model directory as Triton does and drives `execute()`.
+    from tests.harness.runner import ModelHarness, ServerRejected
+
+    with ModelHarness("model_repository/stt", parameters={"model_path": "..."}) as stt:
+        result = stt.infer({"audio": np.array([[wav_bytes]], dtype=object)})
+        assert result.error is None, result.message
+
+Modules:
+  runner         ModelHarness (load, request, execute, infer, cancel, logs, metric) and Result
+  pb_utils       the mock `triton_python_backend_utils` (the shipped .py + the C++ half)
+  pb_logging     Logger; pb_metrics: MetricFamily and Metric
+  config         config.pbtxt completed and written as the server hands it to initialize()
+  validation     the server's checks before a request reaches the model; batcher rules
+  errors         ServerRejected, UnrealisticBatch, ClientWouldHang, ProtocolViolation, ServerCrash
+  server_fixture a real tritonserver for tests (server_fixture, running_server)
+  clients        comparable views of harness results and real client answers
+
+Every rule here was read in python_backend/core r24.10 and checked against the real server;
+tests/test_harness_contract.py keeps checking that both agree.
 """

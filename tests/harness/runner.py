@@ -1,40 +1,69 @@
-"""Load a model directory the way tritonserver does and drive `execute()` like the server.
+"""Load a model directory the way tritonserver 2.51 does and drive it like the server.
 
-What the server does around `execute()` is mirrored, because a unit test that skips it passes
-code that fails in production:
-  * `initialize(args)` gets the same args dict: every value a string, `model_config` the JSON of
-    the model's real `config.pbtxt` parsed through Triton's protobuf schema (with int64 fields as
-    numbers, as Triton writes them);
-  * the checks the server makes before the model sees a request (unknown input, wrong dtype or
-    shape, batch over max_batch_size, missing inputs when no input is optional) raise
-    `ServerRejected` here instead of reaching the model;
-  * an exception escaping `execute()` fails every request of the batch with INTERNAL and the
-    server's message; a wrong number of responses fails them too;
-  * unrequested outputs are pruned and BYTES outputs go through the real serialisation.
+What the server does around a model is mirrored, because a unit test that skips it passes code
+that fails in production:
+  * import: `<version>.model` (so relative imports work) with the version and model
+    directories appended to sys.path and the mock `triton_python_backend_utils` in
+    sys.modules; the C++ half of pb_utils (Tensor, TritonError, Logger, ...) is attached only
+    after the import, as the stub does; all of it is undone after each call into the model, so
+    several models can live in one test process without seeing each other's modules;
+  * `initialize(args)`: the same args dict, every value a string, `model_config` the exact
+    JSON the server writes (tests.harness.config);
+  * requests: the server's own checks first (`ServerRejected`, tests.harness.validation),
+    inputs as the model receives them (BYTES as object arrays of bytes), `parameters()` as the
+    server's compact JSON;
+  * `execute()`: the batch must be one the dynamic batcher forms (`UnrealisticBatch`); what it
+    returns is checked like the stub checks it, with the stub's messages; an exception fails
+    every unanswered request of the batch with INTERNAL and the server's message, traceback
+    included; unrequested outputs are pruned; BYTES outputs go through the wire format;
+    async execute() runs on an event loop thread, as in the stub;
+  * decoupled models: the responses sent through each request's sender, with their flags,
+    until the final one (`ClientWouldHang` if it never comes).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import itertools
+import asyncio
+import contextlib
+import importlib
 import json
 import sys
+import threading
 import time
+import traceback
 import types
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from google.protobuf import json_format, text_format
-from tritonclient.grpc import model_config_pb2
 
+from tests.harness import config as model_config
+from tests.harness import pb_metrics, stub, validation
 from tests.harness import pb_utils as mock
+from tests.harness.errors import (
+    ClientWouldHang,
+    ProtocolViolation,
+    ServerRejected,
+    UnrealisticBatch,
+)
+from tests.harness.pybind import cpp_type_name
 
-_module: types.ModuleType | None = None
-_counter = itertools.count()
+__all__ = [
+    "GRPC_STATUS",
+    "HTTP_STATUS",
+    "ClientWouldHang",
+    "ModelHarness",
+    "ProtocolViolation",
+    "Result",
+    "ServerRejected",
+    "UnrealisticBatch",
+    "pb_utils_module",
+]
+
+HARNESS_DIR = Path(__file__).resolve().parent
 
 # How a response's TritonError code reaches clients (tritonserver 2.51, checked on the server).
 HTTP_STATUS = {
@@ -47,42 +76,25 @@ GRPC_STATUS = {
     "UNSUPPORTED": "UNIMPLEMENTED", "ALREADY_EXISTS": "ALREADY_EXISTS", "CANCELLED": "CANCELLED",
 }  # fmt: skip
 
-_NUMPY_FOR_TYPE = {
-    "TYPE_BOOL": np.bool_, "TYPE_UINT8": np.uint8, "TYPE_UINT16": np.uint16,
-    "TYPE_UINT32": np.uint32, "TYPE_UINT64": np.uint64, "TYPE_INT8": np.int8,
-    "TYPE_INT16": np.int16, "TYPE_INT32": np.int32, "TYPE_INT64": np.int64,
-    "TYPE_FP16": np.float16, "TYPE_FP32": np.float32, "TYPE_FP64": np.float64,
-    "TYPE_STRING": np.object_,
-}  # fmt: skip
-
 
 def pb_utils_module() -> types.ModuleType:
-    """The one mock `triton_python_backend_utils` of this process, installed in sys.modules.
-
-    Like the real stub, a process has one such module: `shared.triton` binds it at import.
-    """
-    global _module
-    if _module is None:
-        _module = mock.build_module()
-    sys.modules["triton_python_backend_utils"] = _module
-    return _module
-
-
-class ServerRejected(Exception):
-    """tritonserver itself refuses the request; the model never sees it."""
+    """The process's mock `triton_python_backend_utils` (not installed in sys.modules)."""
+    return mock.module()
 
 
 @dataclass
 class Result:
-    """What a client receives for one request."""
+    """What a client receives for one response."""
 
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
-    error: mock.TritonError | None = None
-    final: bool = True  # decoupled: whether this response carried COMPLETE_FINAL
+    error: Any = None  # a pb_utils.TritonError
+    final: bool = True  # decoupled: the response carried COMPLETE_FINAL
+    null_response: bool = False  # decoupled: the final flag came without a response object
+    cancelled: bool = False  # the test cancelled the request (a real client sees its cancel)
 
     @property
     def code(self) -> str | None:
-        return None if self.error is None else mock.CODE_NAMES[self.error.code()]
+        return None if self.error is None else self.error.code().name
 
     @property
     def message(self) -> str | None:
@@ -90,112 +102,163 @@ class Result:
 
     @property
     def http_status(self) -> int:
-        return 200 if self.error is None else HTTP_STATUS[self.code]
+        return 200 if self.code is None else HTTP_STATUS[self.code]
+
+    @property
+    def grpc_status(self) -> str:
+        return "OK" if self.code is None else GRPC_STATUS[self.code]
 
     def text(self, name: str, row: int = 0) -> str:
         return self.outputs[name].reshape(-1)[row].decode("utf-8")
 
 
-def _int64_fields_as_numbers(message: Any, data: Any) -> Any:
-    """protobuf's JSON writes int64 as strings; Triton's model config JSON has numbers."""
-    if isinstance(data, dict):
-        for fd in message.DESCRIPTOR.fields:
-            name = fd.name
-            if name not in data:
-                continue
-            value = getattr(message, name)
-            if fd.type == fd.TYPE_MESSAGE:
-                if fd.message_type.GetOptions().map_entry:
-                    value_fd = fd.message_type.fields_by_name["value"]
-                    if value_fd.type == value_fd.TYPE_MESSAGE:
-                        for key in data[name]:
-                            _int64_fields_as_numbers(value[key], data[name][key])
-                elif fd.label == fd.LABEL_REPEATED:
-                    for sub, sub_data in zip(value, data[name], strict=True):
-                        _int64_fields_as_numbers(sub, sub_data)
-                else:
-                    _int64_fields_as_numbers(value, data[name])
-            elif fd.type in (fd.TYPE_INT64, fd.TYPE_UINT64, fd.TYPE_SINT64, fd.TYPE_FIXED64):
-                data[name] = (
-                    [int(v) for v in data[name]]
-                    if isinstance(data[name], list)
-                    else int(data[name])
-                )
-    return data
+class _BackendError(Exception):
+    """An error the stub raises in C++ (PythonBackendException): no type name, no traceback."""
 
 
-def load_config(
-    model_dir: Path, parameters: Mapping[str, str] | None = None
-) -> model_config_pb2.ModelConfig:
-    config = text_format.Parse(
-        (model_dir / "config.pbtxt").read_text(encoding="utf-8"), model_config_pb2.ModelConfig()
-    )
-    if not config.name:
-        config.name = model_dir.name
-    for key, value in (parameters or {}).items():
-        config.parameters[key].string_value = value
-    return config
+def pybind_error_string(exc: BaseException, stop: types.FrameType | None) -> str:
+    """pybind11's text for a Python exception, as the stub puts it in its error message.
 
-
-def config_json(config: model_config_pb2.ModelConfig) -> str:
-    data = json_format.MessageToDict(config, preserving_proto_field_name=True)
-    return json.dumps(_int64_fields_as_numbers(config, data))
+    "<Type>: <message>" ("<EMPTY MESSAGE>" when empty), then "\\n\\nAt:\\n" and one line per
+    frame from the innermost outwards, stopping where the server would have called in (the
+    stub calls execute() from C++). The harness's own frames are left out.
+    """
+    try:
+        text = str(exc)
+    except Exception:  # what pybind11 prints then is not worth mirroring
+        text = ""
+    result = f"{cpp_type_name(type(exc))}: {text or '<EMPTY MESSAGE>'}"
+    tb = exc.__traceback__
+    if tb is None:
+        return result
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    lines = []
+    frame: types.FrameType | None = tb.tb_frame
+    while frame is not None and frame is not stop:
+        filename = frame.f_code.co_filename
+        if not Path(filename).resolve().is_relative_to(HARNESS_DIR):
+            lines.append(f"  {filename}({frame.f_lineno}): {frame.f_code.co_name}\n")
+        frame = frame.f_back
+    return result + "\n\nAt:\n" + "".join(lines)
 
 
 class ModelHarness:
-    """One model instance under test: `initialize()`, `execute()`, `finalize()` as Triton calls them."""
+    """One model instance, loaded from its directory as tritonserver loads it.
+
+    `parameters` override `config.pbtxt` parameters (string values, as in the file);
+    `instance_kind` ("CPU", "GPU", "MODEL") overrides every instance group's kind;
+    `response_timeout` is how long execute() waits for responses sent from other threads.
+    """
 
     def __init__(
         self,
-        model_dir: Path,
+        model_dir: Path | str,
         *,
         parameters: Mapping[str, str] | None = None,
-        instance_kind: str = "CPU",
+        instance_kind: str | None = None,
         device_id: int = 0,
+        response_timeout: float = 60.0,
     ) -> None:
         self.model_dir = Path(model_dir).resolve()
-        self.config = load_config(self.model_dir, parameters)
+        self._overrides = {
+            "parameters": dict(parameters or {}),
+            "instance_kind": instance_kind,
+            "device_id": device_id,
+        }
+        self.config = model_config.complete(
+            model_config.read(self.model_dir), self.model_dir, **self._overrides
+        )
+        versions = model_config.version_dirs(self.model_dir)
+        if not versions:
+            raise FileNotFoundError(f"{self.model_dir} has no numbered version directory")
+        self.version = versions[-1]  # version_policy latest 1
+        self.version_dir = self.model_dir / str(self.version)
         self.name = self.config.name
-        self.instance_kind = instance_kind
-        self.device_id = device_id
-        self.pb_utils = pb_utils_module()
+        self.instance_name = model_config.instance_name(self.config)
         self.decoupled = self.config.model_transaction_policy.decoupled
+        self.response_timeout = response_timeout
+        self.pb_utils = pb_utils_module()
+        self.instance = stub.Instance(
+            model_name=self.name,
+            instance_name=self.instance_name,
+            version_dir=self.version_dir,
+            decoupled=self.decoupled,
+        )
+        self.module: types.ModuleType | None = None
         self.model: Any = None
+        self._own_modules: dict[str, types.ModuleType] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._import_depth = 0
 
-    # --- lifecycle -----------------------------------------------------------------------------
+    # --- what tests read ---------------------------------------------------------------------
+
+    @property
+    def logs(self) -> list[stub.LogRecord]:
+        """What this model logged through pb_utils.Logger: (level, message) records."""
+        return self.instance.logs
+
+    @property
+    def server_log(self) -> list[str]:
+        """What the stub logged about this model: errors after a response was complete, etc."""
+        return self.instance.server_log
+
+    @property
+    def bls_models(self) -> dict[str, Callable[[Any], Any]]:
+        """Models a BLS request may reach: name -> handler(request) -> response(s)."""
+        return self.instance.bls_models
 
     def args(self) -> dict[str, str]:
-        """The `initialize()` argument, as the stub builds it (all values are strings)."""
+        """The `initialize()` argument, as the stub builds it (every value a string)."""
         return {
-            "model_config": config_json(self.config),
-            "model_instance_kind": self.instance_kind,
-            "model_instance_name": f"{self.name}_0_0",
-            "model_instance_device_id": str(self.device_id),
+            "model_config": model_config.to_json(self.config),
+            "model_instance_kind": model_config.instance_kind(self.config),
+            "model_instance_name": self.instance_name,
+            "model_instance_device_id": str(self._overrides["device_id"]),
             "model_repository": str(self.model_dir),
-            "model_version": "1",
+            "model_version": str(self.version),
             "model_name": self.name,
         }
 
+    @staticmethod
+    def cancel(request: Any) -> None:
+        """The client cancels `request`: is_cancelled() is true for it and its sender."""
+        mock.cancel(request)
+
+    @staticmethod
+    def metric(name: str, labels: Mapping[str, str] | None = None) -> pb_metrics.Series | None:
+        """A metric series as the server holds it (`.value`, `.observations`), or None."""
+        return pb_metrics.series(name, dict(labels or {}))
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
     def load(self) -> ModelHarness:
-        version_dir = self.model_dir / "1"
-        module_name = f"_harness_{self.name}_{next(_counter)}.model"
-        spec = importlib.util.spec_from_file_location(module_name, version_dir / "model.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        with _on_sys_path([str(version_dir), str(self.model_dir)]):
-            # Triton first imports model.py for auto-complete, when pb_utils has only its
-            # pure-Python half: code that touches TritonError & co. at import time fails there.
-            with _without_cpp_half(self.pb_utils):
-                spec.loader.exec_module(module)
-            self.model = module.TritonPythonModel()
+        """Import model.py, run auto_complete_config if defined, then initialize(args)."""
+        with self._context():
+            self.module = self._import_model()
+            model_class = self.module.TritonPythonModel
+            if hasattr(model_class, "auto_complete_config"):
+                self._auto_complete(model_class)
+            self.model = model_class()
             if hasattr(self.model, "initialize"):
                 self.model.initialize(self.args())
         return self
 
     def finalize(self) -> None:
-        if self.model is not None and hasattr(self.model, "finalize"):
-            self.model.finalize()
+        """finalize() if defined; like the stub, an exception in it is only logged."""
+        if self.model is None:
+            return
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop = None
+        with self._context():
+            if hasattr(self.model, "finalize"):
+                try:
+                    self.model.finalize()
+                except Exception as exc:
+                    self.server_log.append(pybind_error_string(exc, sys._getframe()))
         self.model = None
+        self._own_modules.clear()
 
     def __enter__(self) -> ModelHarness:
         return self.load()
@@ -210,183 +273,301 @@ class ModelHarness:
         inputs: Mapping[str, np.ndarray],
         *,
         request_id: str = "",
-        parameters: Mapping[str, Any] | None = None,
+        parameters: Mapping[str, bool | int | float | str] | None = None,
         requested_outputs: Sequence[str] | None = None,
-    ) -> mock.InferenceRequest:
-        """Build one request, after the checks the server makes before the model sees it."""
-        self._check(inputs)
-        outputs = list(requested_outputs or [o.name for o in self.config.output])
-        tensors = [mock.Tensor(name, _as_server_array(array)) for name, array in inputs.items()]
-        return mock.InferenceRequest(
+        correlation_id: int | str = 0,
+        flags: int = 0,
+        timeout: int = 0,
+    ) -> Any:
+        """One request as the model receives it, after the checks the server makes first."""
+        requested = list(requested_outputs or [])
+        validation.check_request(self.config, inputs, requested, request_id)
+        for key, value in (parameters or {}).items():
+            if not isinstance(value, bool | int | float | str):
+                raise TypeError(f"request parameter {key!r}: clients send bool/int/float/str")
+        # request.inputs() lists them in the order the client added them.
+        tensors = [mock.Tensor(name, _as_received(array)) for name, array in inputs.items()]
+        return mock.server_request(
             tensors,
             request_id=request_id,
-            requested_output_names=outputs,
-            parameters=dict(parameters or {}),
+            requested=set(requested or [o.name for o in self.config.output]),
+            parameters=json.dumps(
+                dict(parameters or {}), separators=(",", ":"), ensure_ascii=False
+            ),
             decoupled=self.decoupled,
+            model_name=self.name,
+            correlation_id=correlation_id,
+            flags=flags,
+            timeout=timeout,
         )
 
+    def infer(self, inputs: Mapping[str, np.ndarray], **kwargs: Any) -> Any:
+        """One request alone in its batch: a Result (decoupled: the list of Results)."""
+        return self.execute([self.request(inputs, **kwargs)])[0]
+
     def execute(
-        self, requests: Sequence[mock.InferenceRequest], timeout: float = 60.0
+        self,
+        requests: Sequence[Any],
+        *,
+        timeout: float | None = None,
+        enforce_batcher: bool = True,
     ) -> list[Any]:
-        """Run one batch. Non-decoupled: a Result per request; decoupled: a list of Results each."""
+        """Run one batch: a Result per request (decoupled: a list of Results per request).
+
+        `enforce_batcher=False` runs a batch the dynamic batcher would never form.
+        """
+        if self.model is None:
+            raise RuntimeError("load() the model first (or use `with ModelHarness(...)`)")
         if not requests:
             return []
-        if len(requests) > max(self.config.max_batch_size, 1) and not self.decoupled:
-            raise ServerRejected("the dynamic batcher never forms a batch over max_batch_size")
-        try:
-            returned = self.model.execute(list(requests))
-        except Exception as exc:  # the server's handling of an exception out of execute()
-            message = (
-                f"Failed to process the request(s) for model '{self.name}_0_0', "
-                f"message: {type(exc).__name__}: {exc}"
-            )
-            error = mock.TritonError(message, mock.TritonError.INTERNAL)
-            return [
-                [Result(error=error)] if self.decoupled else Result(error=error) for _ in requests
-            ]
+        if enforce_batcher:
+            validation.check_batch(self.config, [_inputs_of(r) for r in requests])
+        if self.config.max_batch_size > 0 and not any(_rows(r) for r in requests):
+            raise ClientWouldHang("the Python backend skips a batch of 0 rows: no response comes")
+        error = self._run_execute(list(requests))
+        if error is not None:
+            self._fail_batch(requests, error)
+        deadline = time.monotonic() + (self.response_timeout if timeout is None else timeout)
+        for index, request in enumerate(requests):
+            if not request.get_response_sender()._done.wait(max(0.0, deadline - time.monotonic())):
+                raise ClientWouldHang(
+                    f"request {index} got no final response: its client would wait forever "
+                    "(send COMPLETE_FINAL, or return a response, for every request)"
+                )
         if self.decoupled:
-            if returned is not None:
-                raise AssertionError("a decoupled model's execute() must return None")
-            return [self._collect_stream(r, timeout) for r in requests]
-        return self._non_decoupled(requests, returned)
-
-    def infer(self, inputs: Mapping[str, np.ndarray], **kwargs: Any) -> Any:
-        """One request alone in its batch."""
-        return self.execute([self.request(inputs, **kwargs)])[0]
+            return [self._stream(r) for r in requests]
+        return [self._unary(i, r) for i, r in enumerate(requests)]
 
     # --- internals -----------------------------------------------------------------------------
 
-    def _non_decoupled(
-        self, requests: Sequence[mock.InferenceRequest], returned: Any
-    ) -> list[Result]:
-        if not isinstance(returned, list) or len(returned) != len(requests):
-            got = len(returned) if isinstance(returned, list) else type(returned).__name__
-            error = mock.TritonError(
-                f"Failed to process the request(s) for model '{self.name}_0_0', message: "
-                f"Expected {len(requests)} responses, got {got}",
-                mock.TritonError.INTERNAL,
-            )
-            return [Result(error=error) for _ in requests]
-        seen: set[int] = set()
-        results = []
-        for request, response in zip(requests, returned, strict=True):
-            if response is None:  # the model answered through the response sender
-                sent = request.get_response_sender().sent
-                response = sent[0][0] if sent else None
-            if response is None:
-                raise AssertionError("execute() returned None for a request it never answered")
-            if id(response) in seen:
-                raise AssertionError("one InferenceResponse object was returned for two requests")
-            seen.add(id(response))
-            results.append(self._result(request, response))
-        return results
-
-    def _collect_stream(self, request: mock.InferenceRequest, timeout: float) -> list[Result]:
-        sender = request.get_response_sender()
-        deadline = time.monotonic() + timeout
-        while not sender.closed and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if not sender.closed:
-            raise AssertionError(
-                f"no COMPLETE_FINAL sent within {timeout} s: the client would hang"
-            )
-        results = []
-        for response, flags in sender.sent:
-            final = flags == mock.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-            if response is None:
-                results.append(Result(final=final))
-            else:
-                result = self._result(request, response)
-                result.final = final
-                results.append(result)
-        return results
-
-    def _result(self, request: mock.InferenceRequest, response: mock.InferenceResponse) -> Result:
-        if response.has_error():
-            return Result(error=response.error())
-        wanted = set(request.requested_output_names())
-        outputs = {}
-        for tensor in response.output_tensors():
-            if tensor.name() not in wanted:
-                continue  # pruned by the server
-            array = tensor.as_numpy()
-            if array.dtype.kind in ("O", "S"):  # what crosses the wire and reaches the client
-                raw = self.pb_utils.serialize_byte_tensor(array)
-                array = self.pb_utils.deserialize_bytes_tensor(raw).reshape(array.shape)
-            outputs[tensor.name()] = array
-        return Result(outputs=outputs)
-
-    def _check(self, inputs: Mapping[str, np.ndarray]) -> None:
-        declared = {i.name: i for i in self.config.input}
-        batching = self.config.max_batch_size > 0
-        for name, array in inputs.items():
-            if name not in declared:
-                raise ServerRejected(f"unexpected inference input '{name}' for model '{self.name}'")
-            spec = declared[name]
-            data_type = model_config_pb2.DataType.Name(spec.data_type)
-            expected = _NUMPY_FOR_TYPE[data_type]
-            array = np.asarray(array)
-            ok = (
-                array.dtype.kind in ("O", "S")
-                if expected is np.object_
-                else array.dtype == expected
-            )
-            if not ok:
-                raise ServerRejected(
-                    f"inference input '{name}' data-type is '{array.dtype}', but model "
-                    f"'{self.name}' expects '{data_type}'"
-                )
-            shape = list(array.shape)
-            if batching:
-                if not shape or not 1 <= shape[0] <= self.config.max_batch_size:
-                    raise ServerRejected(
-                        f"inference request batch-size must be <= {self.config.max_batch_size} "
-                        f"for '{self.name}'"
+    def _run_execute(self, requests: list[Any]) -> str | None:
+        """Call execute() as Stub::ProcessRequests does; the error string if it failed."""
+        stop = sys._getframe()
+        with self._context(executing=True):
+            try:
+                if not hasattr(self.model, "execute"):
+                    raise _BackendError(
+                        f"Python model {self.version_dir / 'model.py'} does not implement "
+                        "`execute` method."
                     )
-                shape = shape[1:]
-            dims = list(spec.dims)
-            if len(shape) != len(dims) or any(
-                d != -1 and d != s for d, s in zip(dims, shape, strict=False)
-            ):
-                raise ServerRejected(f"unexpected shape for input '{name}' for model '{self.name}'")
-        if batching and len({np.asarray(a).shape[0] for a in inputs.values()}) > 1:
-            raise ServerRejected("inputs of one request must have the same batch size")
-        required = [i.name for i in self.config.input if not i.optional]
-        missing = [n for n in required if n not in inputs]
-        # Checked on 2.51: with any optional input in the config, the server lets a request
-        # without a required input through to execute(); without one, it refuses it.
-        if missing and not any(i.optional for i in self.config.input):
-            raise ServerRejected(f"expected {len(required)} inputs but got {len(inputs)} inputs")
+                returned = self.model.execute(requests)
+                if asyncio.iscoroutine(returned):
+                    if self.decoupled:  # the stub does not wait for it
+                        self._run_in_background(returned)
+                        return None
+                    returned = asyncio.run_coroutine_threadsafe(
+                        returned, self._event_loop()
+                    ).result()
+                self._take_returned(requests, returned)
+            except _BackendError as exc:
+                return str(exc)
+            except Exception as exc:
+                return pybind_error_string(exc, stop)
+        return None
+
+    def _take_returned(self, requests: list[Any], returned: Any) -> None:
+        """Stub::ProcessReturnedResponses: its checks, its messages, then the responses."""
+        if returned is None:
+            return
+        if self.decoupled:
+            raise _BackendError(
+                f"Python model '{self.instance_name}' is using the decoupled mode and the "
+                "execute function must return None."
+            )
+        if not isinstance(returned, list):
+            raise _BackendError(
+                f"Expected a list in the execute return, found type '{type(returned)}'."
+            )
+        if len(returned) != len(requests):
+            raise _BackendError(
+                "Number of InferenceResponse objects do not match the number of "
+                f"InferenceRequest objects. InferenceRequest(s) size is:{len(requests)}, and "
+                f"InferenceResponse(s) size is:{len(returned)}\n"
+            )
+        for request, response in zip(requests, returned, strict=True):
+            if response is None:
+                continue
+            if request._release_flags == mock.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE:
+                raise _BackendError(
+                    "Expected a None object in the execute function return list for "
+                    f"reschduled request, found type '{type(response)}'."
+                )
+            if not isinstance(response, mock.InferenceResponse):
+                raise _BackendError(
+                    "Expected an 'InferenceResponse' object in the execute function return "
+                    f"list, found type '{type(response)}'."
+                )
+            try:
+                request._sender._update_state(response, mock.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            except mock.TritonModelException as exc:
+                raise _BackendError(str(exc)) from None
+        for request, response in zip(requests, returned, strict=True):
+            if response is not None:
+                request._sender._deliver(response, mock.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def _fail_batch(self, requests: Sequence[Any], error_string: str) -> None:
+        """Every request not yet complete gets the error; a complete one keeps its response."""
+        message = (
+            f"Failed to process the request(s) for model '{self.instance_name}', message: "
+            f"{error_string}"
+        )
+        self.server_log.append(message)
+        error = mock.TritonError(message, mock.TritonError.INTERNAL)
+        for index, request in enumerate(requests):
+            sender = request._sender
+            partial = any(not d.final for d in sender._deliveries)
+            if sender._fail(error) and partial and not self.decoupled:
+                raise ProtocolViolation(
+                    f"request {index} was sent a response without COMPLETE_FINAL, then the "
+                    f"batch failed ({message!r}): the real server sends two responses to a "
+                    "non-decoupled request, which an HTTP client reads as a corrupt body"
+                )
+
+    def _unary(self, index: int, request: Any) -> Result:
+        for delivery in request._sender._deliveries:
+            if delivery.outputs is not None or delivery.error is not None:
+                return Result(
+                    outputs=delivery.outputs or {},
+                    error=delivery.error,
+                    cancelled=request.is_cancelled(),
+                )
+        raise ProtocolViolation(f"request {index} was completed without any response")
+
+    def _stream(self, request: Any) -> list[Result]:
+        return [
+            Result(
+                outputs=d.outputs or {},
+                error=d.error,
+                final=d.final,
+                null_response=d.outputs is None and d.error is None,
+                cancelled=request.is_cancelled(),
+            )
+            for d in request._sender._deliveries
+        ]
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        """The stub's event loop for async execute(): one per instance, on a daemon thread."""
+        if self._loop is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, daemon=True).start()
+            self._loop = loop
+        return self._loop
+
+    def _run_in_background(self, coroutine: Any) -> None:
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._event_loop())
+
+        def done(f: Any) -> None:
+            exc = f.exception()
+            if exc is not None:  # the stub only logs it; the client gets nothing
+                self.server_log.append("".join(traceback.format_exception(exc)))
+
+        future.add_done_callback(done)
+
+    def _auto_complete(self, model_class: Any) -> None:
+        pb = self.pb_utils
+        completed = model_class.auto_complete_config(
+            pb.ModelConfig(model_config.to_json(self.config))
+        )
+        if not isinstance(completed, pb.ModelConfig):
+            raise mock.TritonModelException(
+                f"auto_complete_config function in model '{self.name}' must return a valid "
+                "pb.ModelConfig object."
+            )
+        self.config = model_config.complete(
+            model_config.from_dict(completed.as_dict()), self.model_dir, **self._overrides
+        )
+        self.decoupled = self.instance.decoupled = self.config.model_transaction_policy.decoupled
+
+    def _import_model(self) -> types.ModuleType:
+        """`import <version>.<file>` with only the pure-Python half of pb_utils present."""
+        pb = vars(self.pb_utils)
+        attached = {name: pb.pop(name) for name in mock.CPP_HALF if name in pb}
+        try:
+            stem = Path(self.config.default_model_filename or "model.py").stem
+            importlib.invalidate_caches()  # model files a test wrote after the last import
+            return importlib.import_module(f"{self.version}.{stem}")
+        finally:
+            pb.update(attached)
+
+    @contextmanager
+    def activated(self, *, executing: bool = True) -> Iterator[types.ModuleType]:
+        """Run test code as if inside this model's stub, inside execute() by default.
+
+        For unit tests of helpers that use pb_utils (say `shared.triton`): the mock module is
+        importable as `triton_python_backend_utils`, and Logger, metrics and BLS act for this
+        model. Yields the mock module.
+        """
+        with self._context(executing=executing):
+            yield self.pb_utils
+
+    @contextmanager
+    def _context(self, *, executing: bool = False) -> Iterator[None]:
+        """What the model's own stub process would provide, for the duration of one call."""
+        with stub.activate(self.instance, executing=executing), self._imports():
+            yield
+
+    @contextmanager
+    def _imports(self) -> Iterator[None]:
+        """sys.path and sys.modules as the model's stub has them; reentrant, undone at the end."""
+        if self._import_depth:
+            self._import_depth += 1
+            try:
+                yield
+            finally:
+                self._import_depth -= 1
+            return
+        # The stub appends the version dir, the model dir and the backend dir (where the real
+        # triton_python_backend_utils.py lies): site-packages come first.
+        paths = [str(self.version_dir), str(self.model_dir), str(mock.shipped_module_path().parent)]
+        added_paths = [p for p in paths if p not in sys.path]
+        sys.path.extend(added_paths)
+        previous_pb = sys.modules.get("triton_python_backend_utils")
+        sys.modules["triton_python_backend_utils"] = self.pb_utils
+        displaced = {n: sys.modules[n] for n in self._own_modules if n in sys.modules}
+        sys.modules.update(self._own_modules)
+        before = set(sys.modules)
+        self._import_depth = 1
+        try:
+            yield
+        finally:
+            self._import_depth = 0
+            for name in (set(sys.modules) - before) | set(self._own_modules):
+                module = sys.modules.get(name)
+                if module is not None and self._owns(module):
+                    self._own_modules[name] = sys.modules.pop(name)
+            sys.modules.update(displaced)
+            if previous_pb is None:
+                sys.modules.pop("triton_python_backend_utils", None)
+            else:
+                sys.modules["triton_python_backend_utils"] = previous_pb
+            for path in added_paths:
+                sys.path.remove(path)
+
+    def _owns(self, module: types.ModuleType) -> bool:
+        """A module imported from this model's directory (model.py, its package, helpers)."""
+        locations = [getattr(module, "__file__", None)]
+        # Packages and namespace packages ("1"); not a package, or an exotic __path__: skip.
+        with contextlib.suppress(AttributeError, TypeError):
+            locations.extend(module.__path__)
+        return any(loc and Path(loc).resolve().is_relative_to(self.model_dir) for loc in locations)
 
 
-def _as_server_array(array: np.ndarray) -> np.ndarray:
-    """BYTES arrive as object arrays of bytes, whatever the client sent (str included)."""
+def _inputs_of(request: Any) -> dict[str, np.ndarray]:
+    return {t.name(): t._array for t in request._inputs}
+
+
+def _rows(request: Any) -> int:
+    shapes = [t.shape() for t in request._inputs]
+    return shapes[0][0] if shapes and shapes[0] else 0
+
+
+def _as_received(array: np.ndarray) -> np.ndarray:
+    """An input as the model gets it: a copy; BYTES as an object array of bytes (str as UTF-8)."""
     array = np.asarray(array)
     if array.dtype.kind in ("O", "S", "U"):
         out = np.empty(array.shape, dtype=np.object_)
         for index, value in np.ndenumerate(array):
-            out[index] = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+            # tritonclient sends bytes as they are and anything else as UTF-8 of str(value)
+            out[index] = value if isinstance(value, bytes) else str(value).encode("utf-8")
         return out
-    return array
-
-
-@contextmanager
-def _without_cpp_half(module: types.ModuleType) -> Iterator[None]:
-    saved = {name: getattr(module, name) for name in mock.CPP_NAMES if hasattr(module, name)}
-    for name in saved:
-        delattr(module, name)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(module, name, value)
-
-
-@contextmanager
-def _on_sys_path(paths: list[str]) -> Iterator[None]:
-    sys.path[:0] = paths
-    try:
-        yield
-    finally:
-        for path in paths:
-            sys.path.remove(path)
+    return np.array(array, dtype=array.dtype.newbyteorder("="), copy=True, order="C")
