@@ -120,6 +120,14 @@ class ErrorCounter:
             kind=pb_utils.MetricFamily.COUNTER,
         )
         self._metrics: dict[str, Any] = {}
+        # Built here, in initialize(), not at import: Triton imports model.py (and so this
+        # module) for auto-complete before the C++ half of pb_utils, TritonError included, exists.
+        self._names = {getattr(pb_utils.TritonError, code.value): code.value for code in ErrorCode}
+
+    def count_errors(self, responses: Sequence[Any]) -> None:
+        for response in responses:
+            if response.has_error():
+                self.count(self._names.get(response.error().code(), "UNKNOWN"))
 
     def count(self, code: str) -> None:
         metric = self._metrics.get(code)
@@ -147,12 +155,7 @@ def run_batch(
     """
     responses = _run_batch(requests, parse, run, respond, model_name)
     if errors is not None:
-        # Built here, not at import: Triton imports model.py (and so this module) for
-        # auto-complete before the C++ half of pb_utils, TritonError included, exists.
-        names = {getattr(pb_utils.TritonError, code.value): code.value for code in ErrorCode}
-        for response in responses:
-            if response.has_error():
-                errors.count(names.get(response.error().code(), "UNKNOWN"))
+        errors.count_errors(responses)
     return responses
 
 
