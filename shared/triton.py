@@ -194,9 +194,9 @@ def _run_batch(
             responses[index] = error_response(error)
         return responses
     except Exception as exc:
-        _log_exception(model_name, "running the model", exc)
+        log_exception(model_name, "running the model", exc)
         for index, _, _ in spans:  # one response object per request, never shared
-            responses[index] = _internal_response(model_name, "running the model", exc)
+            responses[index] = error_response(internal_error(model_name, "running the model", exc))
         return responses
     for index, start, count in spans:
         try:
@@ -209,21 +209,19 @@ def _run_batch(
 
 
 def _internal(model_name: str, stage: str, exc: Exception) -> Any:
-    _log_exception(model_name, stage, exc)
-    return _internal_response(model_name, stage, exc)
+    log_exception(model_name, stage, exc)
+    return error_response(internal_error(model_name, stage, exc))
 
 
-def _log_exception(model_name: str, stage: str, exc: Exception) -> None:
+def log_exception(model_name: str, stage: str, exc: Exception) -> None:
+    """The traceback goes to the server log; clients get `internal_error`'s short message."""
     pb_utils.Logger.log_error(
         f"{model_name}: {stage} failed: {''.join(traceback.format_exception(exc))}"
     )
 
 
-def _internal_response(model_name: str, stage: str, exc: Exception) -> Any:
-    return error_response(
-        RequestError(
-            f"{model_name}: internal error while {stage} ({type(exc).__name__}); "
-            "see the server log",
-            ErrorCode.INTERNAL,
-        )
+def internal_error(model_name: str, stage: str, exc: Exception) -> RequestError:
+    return RequestError(
+        f"{model_name}: internal error while {stage} ({type(exc).__name__}); see the server log",
+        ErrorCode.INTERNAL,
     )

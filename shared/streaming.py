@@ -1,0 +1,123 @@
+"""Decoupled (streaming) execution: pieces as they are made, one final flag per request.
+
+The streaming twin of `shared.triton.run_batch`, for models with
+`model_transaction_policy { decoupled: true }`:
+
+- each request is parsed on its own; a request that fails parsing gets its error together with
+  TRITONSERVER_RESPONSE_COMPLETE_FINAL and the others go on;
+- the rows of all valid requests go to the engine in one call; the engine reports pieces per
+  row through the row's `Stream` and asks it whether the client has cancelled;
+- every request gets exactly one COMPLETE_FINAL, whatever happens (engine error included):
+  a client waiting on a stream that never ends is the worst failure a decoupled model has;
+- `execute()` returns None, as the decoupled protocol requires.
+
+Only this module and `shared.triton` import `triton_python_backend_utils`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import triton_python_backend_utils as pb_utils
+
+from shared.errors import ErrorCode, RequestError
+from shared.triton import ErrorCounter, internal_error, log_exception, triton_error
+
+Row = TypeVar("Row")
+
+
+class Stream:
+    """One decoupled request's response sender: send pieces, then finish exactly once."""
+
+    def __init__(self, request: Any, errors: ErrorCounter | None = None) -> None:
+        self._sender = request.get_response_sender()
+        self._errors = errors
+        self.finished = False
+        self.sent = 0
+
+    def cancelled(self) -> bool:
+        """True once the client cancelled (or the stream is already finished): stop working on it."""
+        return self.finished or bool(self._sender.is_cancelled())
+
+    def send(self, output_tensors: Sequence[Any]) -> None:
+        """One non-final response; dropped once the stream is finished or cancelled."""
+        if self.cancelled():
+            return
+        self._sender.send(pb_utils.InferenceResponse(output_tensors=list(output_tensors)))
+        self.sent += 1
+
+    def finish(self, output_tensors: Sequence[Any] | None = None) -> None:
+        """The final flag, on a last response carrying `output_tensors` when given."""
+        if self.finished:
+            return
+        self.finished = True
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        if self._sender.is_cancelled():
+            self._sender.send(flags=final)  # the client is gone; this only frees the request
+        elif output_tensors:
+            response = pb_utils.InferenceResponse(output_tensors=list(output_tensors))
+            self._sender.send(response, flags=final)
+            self.sent += 1
+        else:
+            self._sender.send(flags=final)
+
+    def fail(self, error: RequestError) -> None:
+        """An error response carrying the final flag (counted like unary errors)."""
+        if self.finished:
+            return
+        self.finished = True
+        response = pb_utils.InferenceResponse(output_tensors=[], error=triton_error(error))
+        self._sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        if self._errors is not None:
+            self._errors.count(error.code.value)
+
+
+def run_stream_batch(
+    requests: Sequence[Any],
+    parse: Callable[[Any], list[Row]],
+    run: Callable[[list[Row], list[Stream]], None],
+    model_name: str,
+    errors: ErrorCounter | None = None,
+) -> None:
+    """Parse each request, stream all valid rows from one engine call, finish every stream.
+
+    `parse` returns a request's rows or raises RequestError. `run(rows, streams)` gets the rows
+    of all valid requests and, per row, the `Stream` of its request (rows of one request share
+    it); it sends pieces and usually finishes each stream with its last response. Streams it
+    leaves open are finished here with an empty final response; if it raises, every stream still
+    open gets the error (INTERNAL for unexpected exceptions, logged with the traceback).
+    """
+    rows: list[Row] = []
+    row_streams: list[Stream] = []
+    streams: list[Stream] = []
+    for request in requests:
+        stream = Stream(request, errors)
+        streams.append(stream)
+        if request.is_cancelled():
+            stream.fail(RequestError("the request was cancelled", ErrorCode.CANCELLED))
+            continue
+        try:
+            parsed = parse(request)
+        except RequestError as error:
+            stream.fail(error)
+            continue
+        except Exception as exc:
+            log_exception(model_name, "parsing the request", exc)
+            stream.fail(internal_error(model_name, "parsing the request", exc))
+            continue
+        rows.extend(parsed)
+        row_streams.extend([stream] * len(parsed))
+    if rows:
+        try:
+            run(rows, row_streams)
+        except RequestError as error:
+            for stream in streams:
+                stream.fail(error)
+        except Exception as exc:
+            log_exception(model_name, "running the model", exc)
+            error = internal_error(model_name, "running the model", exc)
+            for stream in streams:
+                stream.fail(error)
+    for stream in streams:
+        stream.finish()
