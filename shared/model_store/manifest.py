@@ -1,0 +1,74 @@
+"""Publish a built checkpoint directory atomically, with a manifest that proves it is complete.
+
+A store entry is built in a temporary directory on the same file system as the store and
+renamed into place only when finished, so a server never sees half a checkpoint, and a killed
+build leaves only a temporary directory behind (removed by the next build). The manifest,
+written last, names what the entry was built from (pinned hashes, converter revision, options)
+and every file's size: a later build whose expectations match skips at once, and one that
+differs (older converter, other dtype, a truncated file) rebuilds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from shared.model_store.wheels import remove_tree
+
+#: The manifest's file name inside a finished entry.
+MARKER = ".complete"
+
+
+def checkpoint_files(directory: Path) -> list[Path]:
+    """The entry's files (not the manifest), in a stable order."""
+    return [p for p in sorted(Path(directory).iterdir()) if p.is_file() and p.name != MARKER]
+
+
+def is_complete(target: Path, expected: dict[str, Any]) -> bool:
+    """True when `target` holds a finished entry built with exactly the `expected` settings."""
+    try:
+        with open(Path(target) / MARKER, encoding="utf-8") as handle:
+            manifest = json.load(handle)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(manifest, dict):
+        return False
+    if any(manifest.get(key) != value for key, value in expected.items()):
+        return False
+    files = manifest.get("files")
+    return (
+        isinstance(files, dict)
+        and bool(files)
+        and all(
+            (target / name).is_file() and (target / name).stat().st_size == size
+            for name, size in files.items()
+        )
+    )
+
+
+def publish(built: Path, target: Path, expected: dict[str, Any], scratch: Path) -> None:
+    """Write the manifest into `built` and rename it to `target`, replacing an older entry.
+
+    `scratch` is a directory on the same file system that the caller deletes afterwards: an
+    older `target` is renamed into it first (a rename, so the swap never leaves a gap that
+    holds a partial directory). Files are made world-readable, since safetensors writes 0600
+    and the server may run as another user than the one who built the store.
+    """
+    built, target = Path(built), Path(target)
+    for path in checkpoint_files(built):
+        path.chmod(0o644)
+    manifest = {**expected, "files": {p.name: p.stat().st_size for p in checkpoint_files(built)}}
+    with open(built / MARKER, "w", encoding="utf-8") as handle:
+        json.dump(manifest, handle, indent=2)
+    if target.is_dir() and not target.is_symlink():
+        os.replace(target, Path(scratch) / f"stale-{target.name}")
+    else:
+        remove_tree(target)
+    try:
+        os.replace(built, target)
+    except OSError:
+        # Another build of the same entry finished first: its result is as good as ours.
+        if not is_complete(target, expected):
+            raise
