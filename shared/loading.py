@@ -70,9 +70,17 @@ class Loaded:
 
 
 def load_pretrained(
-    model_cls: Any, processor_cls: Any, model_dir: Path, placement: Placement
+    model_cls: Any,
+    processor_cls: Any,
+    model_dir: Path,
+    placement: Placement,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> Loaded:
-    """Load a model and its processor with the secure defaults and the requested placement."""
+    """Load a model and its processor with the secure defaults and the requested placement.
+
+    `model_kwargs` are further `from_pretrained` arguments of the model (attn_implementation);
+    they cannot override the secure defaults or the placement.
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     started = time.perf_counter()
@@ -80,7 +88,9 @@ def load_pretrained(
     try:
         processor = processor_cls.from_pretrained(model_dir, **common)
         model = model_cls.from_pretrained(
-            model_dir, use_safetensors=True, **common, **pretrained_kwargs(placement)
+            model_dir,
+            **{**(model_kwargs or {}), "use_safetensors": True, **common},
+            **pretrained_kwargs(placement),
         )
     except (OSError, ValueError, ImportError, RuntimeError) as exc:
         raise ModelLoadError(f"loading {model_dir} failed: {type(exc).__name__}: {exc}") from exc

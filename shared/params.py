@@ -104,20 +104,44 @@ def resolve(
     return values
 
 
-def load_params(default_model_path: str) -> list[Param]:
-    """The settings every model has: which checkpoint, and how to place it."""
+def load_params(
+    default_model_path: str, env_aliases: Mapping[str, Sequence[str]] | None = None
+) -> list[Param]:
+    """The settings every model has: which checkpoint, and how to place it.
+
+    `env_aliases` maps a setting to further environment variables that set it (after the
+    model-prefixed one), for deployments that already use other names (MODEL_PATH).
+    """
     from shared.quantization import DTYPES, QUANTIZATIONS
 
+    aliases = env_aliases or {}
     return [
-        Param("model_path", default_model_path, doc="checkpoint directory inside the model store"),
-        Param("quantization", "none", choices=QUANTIZATIONS, doc="bitsandbytes quantization"),
+        Param(
+            "model_path",
+            default_model_path,
+            env_aliases=tuple(aliases.get("model_path", ())),
+            doc="checkpoint directory inside the model store",
+        ),
+        Param(
+            "quantization",
+            "none",
+            choices=QUANTIZATIONS,
+            env_aliases=tuple(aliases.get("quantization", ())),
+            doc="bitsandbytes quantization",
+        ),
         Param(
             "dtype",
             "auto",
             choices=DTYPES,
+            env_aliases=tuple(aliases.get("dtype", ())),
             doc="compute dtype; auto: float32 on CPU, float16 on GPU",
         ),
         Param(
-            "num_threads", 0, parse=int, minimum=0, doc="torch intra-op threads; 0: torch's default"
+            "num_threads",
+            0,
+            parse=int,
+            minimum=0,
+            env_aliases=tuple(aliases.get("num_threads", ())),
+            doc="torch intra-op threads; 0: torch's default",
         ),
     ]

@@ -53,3 +53,29 @@ def stt_server(
     )
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def vlm_server(
+    tmp_path_factory: pytest.TempPathFactory, model_store: Path
+) -> Iterator[LocalTritonServer]:
+    """vlm, vlm_stream and llm on tiny random checkpoints, set the way deployments set them.
+
+    MODEL_PATH (the shared alias) points all three at the tiny SmolVLM; LLM_MODEL_PATH (the
+    model's own name, which wins) moves llm to the tiny Qwen2.5-VL.
+    """
+    server = start_server(
+        tmp_path_factory,
+        ["vlm", "vlm_stream", "llm"],
+        env={
+            "MODEL_STORE": str(model_store),
+            "MODEL_PATH": "smolvlm-tiny-random",
+            "LLM_MODEL_PATH": "qwen2.5-vl-tiny-random",
+            "MAX_NEW_TOKENS": "8",
+            "MAX_HISTORY": "2",
+            "VLM_MAX_IMAGE_PIXELS": "200000",
+            "VLM_STREAM_MAX_NEW_TOKENS_LIMIT": "4000",
+        },
+    )
+    yield server
+    server.stop()

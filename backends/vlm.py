@@ -1,0 +1,293 @@
+"""Vision-language engine: chat messages with images in, text out, every row of a batch at once.
+
+Used by `model_repository/vlm`, `vlm_stream` and `llm` (through `backends.vlm_chat`), but
+plain Python: it never imports Triton, so it runs and is tested in-process.
+
+Any `AutoModelForImageTextToText` checkpoint with an `AutoProcessor` and a chat template
+works; two processor families differ in how a batch carries its images, and both are
+collated here from rows the processor encoded one at a time (each request's prompt length is
+known, and checked, before the batch forms):
+
+* Qwen2-VL / Qwen2.5-VL (and LLaVA): `pixel_values` holds the patches (or pictures) of every
+  image of the batch one after the other, with `image_grid_thw` (or `image_sizes`) per image:
+  rows' tensors are concatenated in row order;
+* Idefics3 / SmolVLM: `pixel_values` is (rows, images, 3, H, W) with a `pixel_attention_mask`;
+  rows with fewer or smaller images are zero-padded, which the model recognises as padding.
+
+Token sequences are left-padded, so all rows continue from the same position.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from backends.vlm_sampling import RowSampler, RowSink, RowTracker, Sampling
+from shared.chat import Completion, Message, template_messages
+from shared.errors import ModelLoadError, invalid
+from shared.loading import Loaded, load_pretrained
+from shared.logs import quiet_repeated_warnings
+from shared.quantization import Placement
+
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+_SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
+_ROW_MAJOR_MASK = "pixel_attention_mask"
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One row's model inputs (batch dimension 1), as its processor made them."""
+
+    inputs: dict[str, torch.Tensor]
+
+    @property
+    def prompt_tokens(self) -> int:
+        return int(self.inputs["input_ids"].shape[1])
+
+
+@dataclass(frozen=True)
+class EngineRow:
+    encoded: Encoded
+    sampling: Sampling
+
+
+class ImageOnlyProcessors:
+    """`from_pretrained` for processors, usable where torchvision is missing.
+
+    Qwen-VL-style processors also carry a video processor, and transformers builds video
+    processors only with torchvision. Where it is absent (PyPI's torchvision wheels are CUDA
+    builds, which do not load next to a CPU-only torch), the checkpoint's own processor class
+    is built without its video half: tokenizer, image processor (its Pillow backend) and chat
+    template are the checkpoint's, and images are processed exactly as with torchvision.
+    Everywhere else this is `AutoProcessor.from_pretrained`.
+    """
+
+    @staticmethod
+    def from_pretrained(model_dir: Path, **kwargs: Any) -> Any:
+        from transformers import AutoProcessor
+        from transformers.models.auto.processing_auto import processor_class_from_name
+        from transformers.utils import is_torchvision_available
+
+        name = _processor_class_name(Path(model_dir))
+        cls = processor_class_from_name(name) if name else None
+        if (
+            cls is None
+            or is_torchvision_available()
+            or "video_processor" not in cls.get_attributes()
+        ):
+            return AutoProcessor.from_pretrained(model_dir, **kwargs)
+        attributes = [a for a in cls.get_attributes() if a != "video_processor"]
+        image_only = type(
+            cls.__name__, (cls,), {"get_attributes": classmethod(lambda _: attributes)}
+        )
+        return image_only.from_pretrained(model_dir, **kwargs)
+
+
+def _processor_class_name(model_dir: Path) -> str | None:
+    """The processor class a checkpoint names, where AutoProcessor looks for it."""
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    for file in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        path = model_dir / file
+        if path.is_file():
+            with open(path, encoding="utf-8") as handle:
+                name = json.load(handle).get("processor_class")
+            if name:
+                return str(name)
+    with open(model_dir / "config.json", encoding="utf-8") as handle:
+        model_type = json.load(handle).get("model_type")
+    return PROCESSOR_MAPPING_NAMES.get(model_type)
+
+
+class VlmEngine:
+    """A loaded image-text-to-text checkpoint that generates for batches of rows."""
+
+    def __init__(self, loaded: Loaded, max_new_tokens_limit: int) -> None:
+        self._loaded = loaded
+        self.model = loaded.model
+        self.processor = loaded.processor
+        self.tokenizer = loaded.processor.tokenizer
+        if getattr(self.processor, "chat_template", None) is None:
+            raise ModelLoadError("the checkpoint has no chat template (chat_template.jinja)")
+        text_config = self.model.config.get_text_config()
+        self.context_length = int(text_config.max_position_embeddings)
+        self.max_new_tokens_limit = min(max_new_tokens_limit, self.context_length - 1)
+        self.eos_token_ids = _eos_ids(self.model.generation_config, self.tokenizer)
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = int(pad if pad is not None else self.eos_token_ids[0])
+        self.float_dtype = getattr(torch, loaded.placement.dtype)
+        self.device = torch.device(loaded.placement.device)
+        # Text that spells a special token would be read as that token: an `<image>` with no
+        # image behind it makes the forward pass fail for the whole batch, a `<|im_start|>`
+        # forges a turn. Such text is refused (see `encode`).
+        special = sorted(
+            {str(t) for t in self.tokenizer.added_tokens_decoder.values() if t.special},
+            key=len,
+            reverse=True,
+        )
+        self._special = re.compile("|".join(map(re.escape, special))) if special else None
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: Path,
+        placement: Placement,
+        *,
+        attn_implementation: str = "sdpa",
+        max_new_tokens_limit: int = 1024,
+    ) -> VlmEngine:
+        from transformers import AutoModelForImageTextToText
+
+        quiet_repeated_warnings()
+        loaded = load_pretrained(
+            AutoModelForImageTextToText,
+            ImageOnlyProcessors,
+            model_dir,
+            placement,
+            model_kwargs={"attn_implementation": attn_implementation},
+        )
+        return cls(loaded, max_new_tokens_limit)
+
+    def describe(self) -> str:
+        return (
+            f"{type(self.model).__name__} context={self.context_length} "
+            f"attention={self.model.config._attn_implementation} {self._loaded.describe()}"
+        )
+
+    # --- per row: the prompt, as the model will see it ---------------------------------------
+
+    def encode(self, messages: Sequence[Message]) -> Encoded:
+        """Apply the chat template and the processor to one conversation."""
+        if self._special is not None:
+            for message in messages:
+                for part in message.parts:
+                    found = self._special.search(part.text) if part.text else None
+                    if found:
+                        raise invalid(
+                            f"input 'prompt' contains {found.group()!r}, one of the model's "
+                            "special tokens; send images as images and turns as messages"
+                        )
+        conversation, images = template_messages(messages)
+        prompt = self.processor.apply_chat_template(
+            conversation, add_generation_prompt=True, tokenize=False
+        )
+        try:
+            inputs = self.processor(
+                text=[prompt],
+                images=images or None,
+                add_special_tokens=False,  # the template wrote them
+                return_tensors="pt",
+            )
+        except ValueError as exc:  # the processor refuses an image (aspect ratio, size)
+            raise invalid(f"input 'images': the model's processor refuses them: {exc}") from exc
+        return Encoded(inputs=dict(inputs))
+
+    def check_length(self, encoded: Encoded, max_new_tokens: int) -> None:
+        room = self.context_length - max_new_tokens
+        if encoded.prompt_tokens > room:
+            raise invalid(
+                f"input 'prompt' is {encoded.prompt_tokens} tokens (images and history "
+                f"included); with max_new_tokens {max_new_tokens} the model's context of "
+                f"{self.context_length} tokens leaves room for {room}"
+            )
+
+    # --- per batch: one generate() ---------------------------------------------------------
+
+    def generate(
+        self, rows: Sequence[EngineRow], sinks: Sequence[RowSink | None] | None = None
+    ) -> list[Completion]:
+        """Generate for every row in one `generate()` call (per-row options: vlm_sampling)."""
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+        sinks = list(sinks) if sinks is not None else [None] * len(rows)
+        samplings = [row.sampling for row in rows]
+        tracker = RowTracker(self.tokenizer, samplings, sinks, self.eos_token_ids)
+        prompt_tokens = [row.encoded.prompt_tokens for row in rows]
+        if tracker.all_cancelled():  # nobody is listening: skip the work
+            return tracker.completions(prompt_tokens)
+        batch, starts = self._collate([row.encoded for row in rows])
+        sampler = RowSampler(samplings, starts, self.device)
+        config = GenerationConfig(
+            max_new_tokens=max(s.max_new_tokens for s in samplings),
+            do_sample=False,
+            num_beams=1,
+            repetition_penalty=1.0,  # per row, in RowSampler
+            no_repeat_ngram_size=0,
+            eos_token_id=list(self.eos_token_ids),
+            pad_token_id=self.pad_token_id,
+        )
+        with torch.inference_mode():
+            self.model.generate(
+                **batch,
+                generation_config=config,
+                logits_processor=LogitsProcessorList([sampler] if sampler.needed else []),
+                stopping_criteria=StoppingCriteriaList([tracker]),
+            )
+        return tracker.completions(prompt_tokens)
+
+    def _collate(self, rows: Sequence[Encoded]) -> tuple[dict[str, torch.Tensor], list[int]]:
+        """One left-padded batch from per-row encodings (see the module doc for images)."""
+        length = max(row.prompt_tokens for row in rows)
+        starts = [length - row.prompt_tokens for row in rows]
+        batch: dict[str, torch.Tensor] = {}
+        for key in _SEQUENCE_KEYS:
+            if key in rows[0].inputs:
+                fill = self.pad_token_id if key == "input_ids" else 0
+                batch[key] = torch.cat(
+                    [
+                        torch.nn.functional.pad(r.inputs[key], (start, 0), value=fill)
+                        for r, start in zip(rows, starts, strict=True)
+                    ]
+                )
+        with_images = [r.inputs for r in rows if "pixel_values" in r.inputs]
+        if with_images:
+            if _ROW_MAJOR_MASK in with_images[0]:
+                batch.update(_row_major_images([r.inputs for r in rows]))
+            else:
+                for key in with_images[0]:
+                    if key not in batch:
+                        batch[key] = torch.cat([inputs[key] for inputs in with_images])
+        for key, value in batch.items():
+            batch[key] = value.to(
+                self.device, dtype=self.float_dtype if value.is_floating_point() else None
+            )
+        return batch, starts
+
+
+def _row_major_images(rows: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Idefics3-style (rows, images, 3, H, W) pixels, zero-padded to the batch's largest."""
+    present = [r for r in rows if "pixel_values" in r]
+    count = max(r["pixel_values"].shape[1] for r in present)
+    channels = present[0]["pixel_values"].shape[2]
+    height = max(r["pixel_values"].shape[3] for r in present)
+    width = max(r["pixel_values"].shape[4] for r in present)
+    pixels, masks = [], []
+    for r in rows:
+        pixel = torch.zeros(
+            (1, count, channels, height, width), dtype=present[0]["pixel_values"].dtype
+        )
+        mask = torch.zeros((1, count, height, width), dtype=present[0][_ROW_MAJOR_MASK].dtype)
+        if "pixel_values" in r:
+            n, _, h, w = r["pixel_values"].shape[1:]
+            pixel[:, :n, :, :h, :w] = r["pixel_values"]
+            mask[:, :n, :h, :w] = r[_ROW_MAJOR_MASK]
+        pixels.append(pixel)
+        masks.append(mask)
+    return {"pixel_values": torch.cat(pixels), _ROW_MAJOR_MASK: torch.cat(masks)}
+
+
+def _eos_ids(generation_config: Any, tokenizer: Any) -> list[int]:
+    """End-of-turn tokens: the generation config's (often several), else the tokenizer's."""
+    eos = getattr(generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    ids = [eos] if isinstance(eos, int) else list(eos or [])
+    if not ids:
+        raise ModelLoadError("the checkpoint names no end-of-sequence token")
+    return [int(i) for i in ids]

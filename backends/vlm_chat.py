@@ -1,0 +1,264 @@
+"""The chat service the `vlm`, `vlm_stream` and `llm` models share: settings, validation,
+conversation history, and the batched engine call.
+
+Plain Python like the engine: the model files read Triton tensors into `ChatRequest`s, this
+module turns each into an engine row (or a per-request `RequestError`), runs a batch, and
+records each finished turn in its session.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from backends.vlm import ATTENTION_IMPLEMENTATIONS, EngineRow, VlmEngine
+from backends.vlm_sampling import RowSink, Sampling
+from shared.chat import (
+    MAX_STOP_CHARS,
+    MAX_STOP_STRINGS,
+    ChatRequest,
+    Completion,
+    ImageLimits,
+    Message,
+    parse_prompt,
+    text_message,
+)
+from shared.errors import ModelLoadError, invalid
+from shared.loading import LoadPlan
+from shared.params import Param, load_params
+from shared.sessions import SessionStore
+
+#: Environment variables deployments of the earlier FastAPI service already set.
+ENV_ALIASES = {"model_path": ("MODEL_PATH",), "quantization": ("QUANTIZATION_TYPE",)}
+MAX_SESSION_ID_CHARS = 256
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+def chat_params(default_model_path: str, *, images: bool) -> list[Param]:
+    """Every setting of a chat model; the image limits only where it reads images."""
+    params = [
+        *load_params(default_model_path, ENV_ALIASES),
+        Param(
+            "attn_implementation",
+            "sdpa",
+            choices=ATTENTION_IMPLEMENTATIONS,
+            env_aliases=("ATTENTION_IMPL",),
+            doc="attention kernels (flash_attention_2 needs the flash-attn package and a GPU)",
+        ),
+        Param(
+            "max_new_tokens",
+            256,
+            parse=int,
+            minimum=1,
+            env_aliases=("MAX_NEW_TOKENS",),
+            doc="tokens generated when a request does not say",
+        ),
+        Param(
+            "max_new_tokens_limit",
+            1024,
+            parse=int,
+            minimum=1,
+            doc="the most tokens a request may ask for",
+        ),
+        Param(
+            "temperature",
+            0.0,
+            parse=float,
+            minimum=0.0,
+            maximum=2.0,
+            env_aliases=("TEMPERATURE",),
+            doc="default sampling temperature; 0: greedy",
+        ),
+        Param("top_p", 1.0, parse=_probability, env_aliases=("TOP_P",), doc="default top-p"),
+        Param("top_k", 0, parse=int, minimum=0, doc="default top-k; 0: off"),
+        Param("repetition_penalty", 1.0, parse=float, minimum=0.01, doc="default; 1: off"),
+        Param(
+            "max_history",
+            5,
+            parse=int,
+            minimum=0,
+            env_aliases=("MAX_HISTORY",),
+            doc="turns kept per session_id; 0: no history",
+        ),
+        Param("max_sessions", 1024, parse=int, minimum=0, doc="sessions kept (LRU evicted)"),
+        Param("session_idle_seconds", 3600.0, parse=float, minimum=1.0, doc="idle expiry"),
+        Param(
+            "session_max_bytes",
+            256 << 20,
+            parse=int,
+            minimum=0,
+            doc="memory all sessions may hold (text and decoded images)",
+        ),
+        Param("max_prompt_bytes", 32 << 20, parse=int, minimum=1024, doc="largest prompt"),
+    ]
+    if images:
+        params += [
+            Param("max_images", 8, parse=int, minimum=0, doc="images per request"),
+            Param(
+                "max_image_pixels",
+                25_000_000,
+                parse=int,
+                minimum=1,
+                doc="largest image (width x height), checked before decoding",
+            ),
+            Param("max_image_bytes", 20 << 20, parse=int, minimum=1024, doc="largest image file"),
+        ]
+    return params
+
+
+@dataclass(frozen=True)
+class ChatRow:
+    """A validated request row: what the engine runs, and what its session records."""
+
+    engine_row: EngineRow | None  # None: a reset-only request, nothing to generate
+    session_id: str | None
+    turn: tuple[Message, ...]  # the request's own non-system messages
+
+
+class ChatService:
+    """Settings, sessions and the engine of one chat model instance."""
+
+    def __init__(self, engine: VlmEngine, settings: Mapping[str, Any]) -> None:
+        self.engine = engine
+        self.settings = dict(settings)
+        self.limits = ImageLimits(
+            max_images=settings.get("max_images", 0),
+            max_pixels=settings.get("max_image_pixels", 1),
+            max_bytes=settings.get("max_image_bytes", 1),
+        )
+        limit = engine.max_new_tokens_limit
+        if settings["max_new_tokens"] > limit:
+            raise ModelLoadError(
+                f"setting 'max_new_tokens' is {settings['max_new_tokens']}, over the limit of "
+                f"{limit} (max_new_tokens_limit, and the model's context)"
+            )
+        self.sessions = SessionStore(
+            max_turns=settings["max_history"],
+            max_sessions=settings["max_sessions"],
+            max_bytes=settings["session_max_bytes"],
+            idle_seconds=settings["session_idle_seconds"],
+        )
+
+    @classmethod
+    def load(cls, plan: LoadPlan) -> ChatService:
+        """The engine of `plan`'s checkpoint, with the plan's settings."""
+        engine = VlmEngine.load(
+            plan.model_dir,
+            plan.placement,
+            attn_implementation=plan.settings["attn_implementation"],
+            max_new_tokens_limit=plan.settings["max_new_tokens_limit"],
+        )
+        return cls(engine, plan.settings)
+
+    # --- one request row -------------------------------------------------------------------
+
+    def prepare(self, request: ChatRequest) -> ChatRow:
+        """Validate a row and encode its prompt, history included; RequestError if bad."""
+        sampling = self.sampling(request)
+        session_id = self._session_id(request)
+        if request.reset_session:
+            if session_id is None:
+                raise invalid("input 'reset_session' is true but input 'session_id' is missing")
+            self.sessions.reset(session_id)
+            if not request.prompt.strip() and not request.images:
+                return ChatRow(engine_row=None, session_id=session_id, turn=())
+        messages = parse_prompt(request.prompt, request.images, self.limits)
+        system = [m for m in messages if m.role == "system"]
+        turn = tuple(m for m in messages if m.role != "system")
+        history = self.sessions.history(session_id) if session_id is not None else []
+        # Oldest turns give way when the conversation outgrows the context.
+        for first in range(len(history) + 1):
+            kept = [m for past in history[first:] for m in past]
+            encoded = self.engine.encode([*system, *kept, *turn])
+            if encoded.prompt_tokens + sampling.max_new_tokens <= self.engine.context_length:
+                break
+        self.engine.check_length(encoded, sampling.max_new_tokens)
+        return ChatRow(EngineRow(encoded, sampling), session_id, turn)
+
+    def sampling(self, request: ChatRequest) -> Sampling:
+        """The row's decoding options: the request's, else the model's defaults; checked."""
+        s = self.settings
+        limit = self.engine.max_new_tokens_limit
+        max_new = _given(request.max_new_tokens, s["max_new_tokens"])
+        if not 1 <= max_new <= limit:
+            raise invalid(f"input 'max_new_tokens' is {max_new}; allowed: 1 to {limit}")
+        temperature = float(_given(request.temperature, s["temperature"]))
+        if not math.isfinite(temperature) or not 0.0 <= temperature <= 2.0:
+            raise invalid(f"input 'temperature' is {temperature}; allowed: 0 (greedy) to 2")
+        top_p = float(_given(request.top_p, s["top_p"]))
+        if not math.isfinite(top_p) or not 0.0 < top_p <= 1.0:
+            raise invalid(f"input 'top_p' is {top_p}; allowed: greater than 0, at most 1")
+        top_k = int(_given(request.top_k, s["top_k"]))
+        if top_k < 0:
+            raise invalid(f"input 'top_k' is {top_k}; allowed: 0 (off) or more")
+        penalty = float(_given(request.repetition_penalty, s["repetition_penalty"]))
+        if not math.isfinite(penalty) or not 0.0 < penalty <= 10.0:
+            raise invalid(
+                f"input 'repetition_penalty' is {penalty}; allowed: greater than 0, at most 10 "
+                "(1: off)"
+            )
+        stop = tuple(request.stop)
+        if len(stop) > MAX_STOP_STRINGS:
+            raise invalid(f"input 'stop' has {len(stop)} strings; the limit is {MAX_STOP_STRINGS}")
+        for text in stop:
+            if len(text) > MAX_STOP_CHARS:
+                raise invalid(
+                    f"input 'stop' has a string of {len(text)} characters; the limit is "
+                    f"{MAX_STOP_CHARS}"
+                )
+        return Sampling(
+            max_new_tokens=max_new,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            repetition_penalty=penalty,
+            seed=request.seed,
+            stop=stop,
+        )
+
+    @staticmethod
+    def _session_id(request: ChatRequest) -> str | None:
+        session_id = request.session_id
+        if session_id is None or session_id == "":
+            return None
+        if len(session_id) > MAX_SESSION_ID_CHARS or not session_id.isprintable():
+            raise invalid(
+                f"input 'session_id' must be printable text of at most {MAX_SESSION_ID_CHARS} "
+                "characters"
+            )
+        return session_id
+
+    # --- one batch ---------------------------------------------------------------------------
+
+    def run(
+        self, rows: Sequence[ChatRow], sinks: Sequence[RowSink | None] | None = None
+    ) -> list[Completion]:
+        """Generate for all rows in one engine call; record finished turns in their sessions."""
+        sinks = list(sinks) if sinks is not None else [None] * len(rows)
+        live = [i for i, row in enumerate(rows) if row.engine_row is not None]
+        results: list[Completion] = [Completion("", "stop", 0, 0)] * len(rows)
+        if live:
+            generated = self.engine.generate(
+                [rows[i].engine_row for i in live],  # type: ignore[misc]
+                [sinks[i] for i in live],
+            )
+            for index, completion in zip(live, generated, strict=True):
+                results[index] = completion
+        for row, completion in zip(rows, results, strict=True):
+            if row.session_id is None or not row.turn or completion.finish_reason == "cancelled":
+                continue
+            turn = (*row.turn, text_message("assistant", completion.text))
+            self.sessions.append(row.session_id, turn, sum(m.size_bytes() for m in turn))
+        return results
+
+
+def _given(value: Any, default: Any) -> Any:
+    return default if value is None else value

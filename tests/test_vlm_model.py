@@ -1,0 +1,333 @@
+"""model_repository/vlm, vlm_stream and llm through the pb_utils harness.
+
+Parsing, per-request errors, batching, sessions, streaming order and cancellation, settings.
+Tiny random checkpoints: answers are babble, but deterministic babble.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shared.errors import ModelLoadError
+from shared.image import encode_image
+from tests.harness.runner import ModelHarness, ServerRejected
+
+ROOT = Path(__file__).resolve().parents[1]
+REPO = ROOT / "model_repository"
+TINY = {
+    "model_path": "smolvlm-tiny-random",
+    "max_new_tokens": "8",
+    "max_history": "2",
+    "max_images": "3",
+    "max_image_pixels": "200000",
+}
+
+
+def load(name: str, model_store: Path, **parameters: str) -> ModelHarness:
+    settings = {**TINY, **parameters}
+    if name == "llm":  # no image settings: it reads no images
+        settings = {k: v for k, v in settings.items() if not k.startswith("max_image")}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MODEL_STORE", str(model_store))
+        return ModelHarness(REPO / name, parameters=settings).load()
+
+
+@pytest.fixture(scope="module")
+def vlm(model_store: Path) -> Iterator[ModelHarness]:
+    harness = load("vlm", model_store)
+    yield harness
+    harness.finalize()
+
+
+@pytest.fixture(scope="module")
+def stream(model_store: Path) -> Iterator[ModelHarness]:
+    harness = load("vlm_stream", model_store, max_new_tokens_limit="4000")
+    yield harness
+    harness.finalize()
+
+
+def image(width: int, height: int, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    return encode_image(Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)))
+
+
+def text(value: str | bytes) -> np.ndarray:
+    return np.array([[value]], dtype=np.object_)
+
+
+def chat(prompt: str, *images: bytes, **options: np.ndarray) -> dict[str, np.ndarray]:
+    inputs = {"prompt": text(prompt)}
+    if images:
+        inputs["images"] = np.array([list(images)], dtype=np.object_)
+    return {**inputs, **options}
+
+
+def i32(value: int) -> np.ndarray:
+    return np.array([[value]], dtype=np.int32)
+
+
+def f32(value: float) -> np.ndarray:
+    return np.array([[value]], dtype=np.float32)
+
+
+def answer(result) -> tuple[str, str, int, int]:
+    return (
+        result.text("text"),
+        result.text("finish_reason"),
+        int(result.outputs["prompt_tokens"][0, 0]),
+        int(result.outputs["completion_tokens"][0, 0]),
+    )
+
+
+def test_initialize_logs_the_checkpoint_and_placement(vlm: ModelHarness) -> None:
+    logged = [m for level, m in vlm.logs if level == "INFO"]
+    assert any("Idefics3ForConditionalGeneration" in m and "quantization=none" in m for m in logged)
+
+
+def test_outputs_and_their_types(vlm: ModelHarness) -> None:
+    result = vlm.infer(chat("Describe this.", image(60, 40, 0)))
+    assert result.error is None
+    assert {k: (v.shape, v.dtype.kind) for k, v in result.outputs.items()} == {
+        "text": ((1, 1), "O"),
+        "finish_reason": ((1, 1), "O"),
+        "prompt_tokens": ((1, 1), "i"),
+        "completion_tokens": ((1, 1), "i"),
+    }
+    _, reason, prompt_tokens, completion_tokens = answer(result)
+    assert (reason, completion_tokens) == ("length", 8) and prompt_tokens > 20
+
+
+def test_batch_with_different_image_counts_equals_one_at_a_time(vlm: ModelHarness) -> None:
+    inputs = [
+        chat("One picture", image(50, 50, 1)),
+        chat("Two pictures", image(80, 30, 2), image(30, 80, 3)),
+        chat("Three", image(20, 20, 4), image(40, 40, 5), image(60, 60, 6)),
+    ]
+    together = [answer(r) for r in vlm.execute([vlm.request(i) for i in inputs])]
+    alone = [answer(vlm.infer(i)) for i in inputs]
+    assert together == alone
+    assert len({a[0] for a in alone}) == 3
+
+
+def test_a_request_of_several_rows_pads_images_with_empty_elements(vlm: ModelHarness) -> None:
+    a, b, c = image(40, 40, 7), image(50, 30, 8), image(30, 50, 9)
+    rows = {
+        "prompt": np.array([[b"first"], [b"second"]], dtype=np.object_),
+        "images": np.array([[a, b], [c, b""]], dtype=np.object_),
+    }
+    result = vlm.infer(rows)
+    assert result.outputs["text"].shape == (2, 1)
+    assert result.text("text", 0) == vlm.infer(chat("first", a, b)).text("text")
+    assert result.text("text", 1) == vlm.infer(chat("second", c)).text("text")
+
+
+def test_per_request_options_apply_to_their_own_request(vlm: ModelHarness) -> None:
+    short = chat("Hi", max_new_tokens=i32(3))
+    sampled = chat("Hi", temperature=f32(1.0), seed=np.array([[11]], dtype=np.int64))
+    greedy = chat("Hi")
+    results = vlm.execute([vlm.request(i) for i in (short, sampled, greedy)], enforce_batcher=False)
+    assert [answer(r)[3] for r in results] == [3, 8, 8]
+    assert answer(results[2]) == answer(vlm.infer(greedy))
+    assert answer(results[1]) == answer(vlm.infer(sampled))
+    assert answer(results[1])[0] != answer(results[2])[0]
+
+
+def test_stop_strings_cut_the_text(vlm: ModelHarness) -> None:
+    full = vlm.infer(chat("Tell me more", max_new_tokens=i32(24))).text("text")
+    stop = next(full[i : i + 2] for i in range(4, len(full)) if full[i : i + 2].isprintable())
+    inputs = chat(
+        "Tell me more",
+        max_new_tokens=i32(24),
+        stop=np.array([[stop.encode(), b""]], dtype=np.object_),
+    )
+    result = vlm.infer(inputs)
+    assert answer(result)[:2] == (full[: full.index(stop)], "stop")
+
+
+def test_sessions_carry_history_and_reset(vlm: ModelHarness) -> None:
+    sid = {"session_id": text("harness-session")}
+    first = answer(vlm.infer(chat("My cat is called Tom.", **sid)))
+    second = answer(vlm.infer(chat("What is my cat called?", **sid)))
+    fresh = answer(vlm.infer(chat("What is my cat called?")))
+    assert second[2] > fresh[2] + first[3] and second[0] != fresh[0]
+    reset = vlm.infer(chat("", **sid, reset_session=np.array([[True]])))
+    assert answer(reset) == ("", "stop", 0, 0)
+    assert answer(vlm.infer(chat("What is my cat called?", **sid))) == fresh
+
+
+def test_bad_requests_fail_alone_with_invalid_arg(vlm: ModelHarness) -> None:
+    good = chat("Fine", image(30, 30, 0))
+    cases = {
+        "corrupt image": (
+            chat("x", b"not an image"),
+            "input 'images' item 0 is not a readable image",
+        ),
+        "pixel limit": (
+            chat("x", image(500, 500, 1)),
+            "500x500 = 250000 pixels; the limit is 200000",
+        ),
+        "too many images": (chat("x", *[image(8, 8, i) for i in range(4)]), "carries 4 images"),
+        "context": (chat("The quick brown fox. " * 1500), "model's context of 4096 tokens"),
+        "json": (chat('[{"role": "user", "content": "hi"'), "not valid JSON"),
+        "role": (chat('[{"role": "tool", "content": "hi"}]'), "messages[0].role is 'tool'"),
+        "image token as text": (chat("look <image> here"), "input 'prompt' contains '<image>'"),
+        "max_new_tokens 0": (chat("x", max_new_tokens=i32(0)), "input 'max_new_tokens' is 0"),
+        "max_new_tokens cap": (chat("x", max_new_tokens=i32(99999)), "allowed: 1 to 1024"),
+        "temperature": (chat("x", temperature=f32(-1.0)), "input 'temperature' is -1.0"),
+        "top_p 0": (chat("x", top_p=f32(0.0)), "input 'top_p' is 0.0"),
+        "top_p 1.5": (chat("x", top_p=f32(1.5)), "input 'top_p' is 1.5"),
+        "utf-8": (chat("x", session_id=text(b"\xff\xfe")), "input 'session_id' is not valid UTF-8"),
+        "missing prompt": ({"max_new_tokens": i32(3)}, "input 'prompt' is required"),
+    }
+    requests = [vlm.request(good)] + [vlm.request(inputs) for inputs, _ in cases.values()]
+    before = vlm.metric("multimodal_request_errors_total", {"model": "vlm", "code": "INVALID_ARG"})
+    counted_before = before.value if before else 0
+    results = vlm.execute(requests, enforce_batcher=False)
+    assert results[0].error is None and answer(results[0]) == answer(vlm.infer(good))
+    for result, (name, (_, expected)) in zip(results[1:], cases.items(), strict=True):
+        assert result.code == "INVALID_ARG", (name, result.message)
+        assert expected in result.message, (name, result.message)
+        assert result.http_status == 400
+    after = vlm.metric("multimodal_request_errors_total", {"model": "vlm", "code": "INVALID_ARG"})
+    assert after.value - counted_before == len(cases)
+
+
+def test_the_server_checks_shapes_and_types_before_the_model(vlm: ModelHarness) -> None:
+    with pytest.raises(ServerRejected, match="data-type"):
+        vlm.request({"prompt": np.zeros((1, 1), dtype=np.float32)})
+    with pytest.raises(ServerRejected, match="batch-size"):
+        vlm.request({"prompt": np.array([[b"x"]] * 17, dtype=np.object_)})
+
+
+def test_llm_serves_text_and_refuses_images(model_store: Path) -> None:
+    llm = load("llm", model_store)
+    try:
+        result = llm.infer(chat("Hello"))
+        _, reason, _, tokens = answer(result)
+        assert (reason, tokens) == ("length", 8)
+        uri = "data:image/png;base64,iVBORw0KGgo="
+        messages = [{"role": "user", "content": [{"type": "image_url", "image_url": uri}]}]
+        refused = llm.infer(chat(json.dumps(messages)))
+        assert refused.code == "INVALID_ARG" and "reads text only" in refused.message
+        with pytest.raises(ServerRejected, match="unexpected inference input 'images'"):
+            llm.request(chat("x", image(8, 8, 0)))
+    finally:
+        llm.finalize()
+
+
+# --- vlm_stream ----------------------------------------------------------------------------
+
+
+def pieces(results) -> list[str]:
+    return [r.text("text") for r in results if not r.final]
+
+
+def test_stream_sends_pieces_in_order_then_one_final(
+    stream: ModelHarness, vlm: ModelHarness
+) -> None:
+    inputs = [
+        chat("Tell me a story", image(40, 40, 3), max_new_tokens=i32(12)),
+        chat("Hi", image(20, 60, 4), image(60, 20, 5), max_new_tokens=i32(6)),
+    ]
+    batch = stream.execute([stream.request(i) for i in inputs])
+    for request_inputs, results in zip(inputs, batch, strict=True):
+        assert [r.final for r in results].count(True) == 1 and results[-1].final
+        assert all(r.error is None for r in results)
+        final = results[-1]
+        unary = vlm.infer(request_inputs)
+        assert "".join(pieces(results)) == unary.text("text")
+        assert final.text("text") == ""
+        assert answer(final)[1:] == answer(unary)[1:]
+        assert len(pieces(results)) > 1
+
+
+def test_stream_refuses_several_rows(stream: ModelHarness) -> None:
+    (result,) = stream.infer({"prompt": np.array([[b"a"], [b"b"]], dtype=np.object_)})
+    assert result.final and result.code == "INVALID_ARG" and "one prompt" in result.message
+
+
+def test_cancelling_a_stream_stops_its_generation(stream: ModelHarness) -> None:
+    labels = {"model": "vlm_stream"}
+    before = stream.metric("multimodal_generation_cancelled_total", labels)
+    cancelled_before = before.value if before else 0
+    request = stream.request(chat("Tell me everything", max_new_tokens=i32(3000)))
+    other = stream.request(chat("Tell me everything", max_new_tokens=i32(40)))
+
+    def client() -> None:  # cancels as soon as the first piece arrives
+        while not request._sender._deliveries:
+            time.sleep(0.001)
+        stream.cancel(request)
+
+    watcher = threading.Thread(target=client)
+    watcher.start()
+    cancelled, finished = stream.execute([request, other])
+    watcher.join()
+    assert cancelled[-1].final and finished[-1].final
+    _, reason, _, tokens = answer(finished[-1])
+    assert (reason, tokens) == ("length", 40)
+    assert (
+        stream.metric("multimodal_generation_cancelled_total", labels).value == cancelled_before + 1
+    )
+    stopped = [m for _, m in stream.logs if "the client cancelled; generation stopped after" in m]
+    tokens = int(stopped[-1].split("after ")[1].split(" ")[0])
+    assert 1 <= tokens < 3000, stopped[-1]
+
+
+def test_a_request_cancelled_before_it_runs_gets_cancelled(stream: ModelHarness) -> None:
+    request = stream.request(chat("Hi"))
+    stream.cancel(request)
+    (result,) = stream.execute([request])[0]
+    assert result.final and result.code == "CANCELLED"
+
+
+# --- settings --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "architecture"),
+    [
+        ({"MODEL_PATH": "qwen2.5-vl-tiny-random"}, "Qwen2_5_VLForConditionalGeneration"),
+        (
+            {"MODEL_PATH": "qwen2.5-vl-tiny-random", "VLM_MODEL_PATH": "smolvlm-tiny-random"},
+            "Idefics3ForConditionalGeneration",
+        ),
+    ],
+)
+def test_environment_overrides_config_with_the_model_prefix_first(
+    model_store: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], architecture: str
+) -> None:
+    monkeypatch.setenv("MODEL_STORE", str(model_store))
+    for key, value in {**env, "TEMPERATURE": "0.5", "MAX_HISTORY": "7"}.items():
+        monkeypatch.setenv(key, value)
+    with ModelHarness(REPO / "vlm", parameters={"model_path": "smolvlm-256m-random"}) as harness:
+        assert any(architecture in m for _, m in harness.logs)
+        settings = harness.model.service.settings
+        assert (settings["temperature"], settings["max_history"]) == (0.5, 7)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"QUANTIZATION_TYPE": "int3"}, "environment variable QUANTIZATION_TYPE"),
+        ({"ATTENTION_IMPL": "magic"}, "environment variable ATTENTION_IMPL"),
+        ({"TOP_P": "0"}, "'top_p' from environment variable TOP_P"),
+        ({"VLM_MAX_NEW_TOKENS": "2000"}, "setting 'max_new_tokens' is 2000, over the limit"),
+        ({"MODEL_PATH": "../../etc"}, "outside the model store"),
+    ],
+)
+def test_bad_settings_fail_the_load_naming_them(
+    model_store: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
+) -> None:
+    monkeypatch.setenv("MODEL_STORE", str(model_store))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ModelLoadError, match=expected):
+        ModelHarness(REPO / "vlm", parameters={"model_path": "smolvlm-tiny-random"}).load()

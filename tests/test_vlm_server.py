@@ -1,0 +1,315 @@
+"""vlm, vlm_stream and llm in a real tritonserver, over HTTP, gRPC and gRPC streaming.
+
+One server for the module (tests/conftest.py `vlm_server`), tiny random checkpoints, a few
+tokens per answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import queue
+import re
+import time
+import urllib.request
+from functools import partial
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from PIL import Image
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+from shared.image import encode_image
+from shared.local_server import LocalTritonServer
+
+pytestmark = pytest.mark.server
+
+
+def image(width: int, height: int, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    return encode_image(Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)))
+
+
+def arrays(prompt: str, images: tuple[bytes, ...] = (), **options: Any) -> dict[str, np.ndarray]:
+    inputs = {"prompt": np.array([[prompt.encode()]], dtype=np.object_)}
+    if images:
+        inputs["images"] = np.array([list(images)], dtype=np.object_)
+    for name, value in options.items():
+        if isinstance(value, str):
+            inputs[name] = np.array([[value.encode()]], dtype=np.object_)
+        elif isinstance(value, bool):
+            inputs[name] = np.array([[value]], dtype=bool)
+        elif isinstance(value, int):
+            inputs[name] = np.array([[value]], dtype=np.int64 if name == "seed" else np.int32)
+        else:
+            inputs[name] = np.array([[value]], dtype=np.float32)
+    return inputs
+
+
+def tensors(module: Any, inputs: dict[str, np.ndarray]) -> list[Any]:
+    result = []
+    for name, value in inputs.items():
+        tensor = module.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
+        tensor.set_data_from_numpy(value)
+        result.append(tensor)
+    return result
+
+
+def answer(result: Any) -> tuple[str, str, int, int]:
+    return (
+        result.as_numpy("text")[0, 0].decode("utf-8"),
+        result.as_numpy("finish_reason")[0, 0].decode("utf-8"),
+        int(result.as_numpy("prompt_tokens")[0, 0]),
+        int(result.as_numpy("completion_tokens")[0, 0]),
+    )
+
+
+def http(server: LocalTritonServer, model: str, inputs: dict[str, np.ndarray]) -> tuple:
+    client = httpclient.InferenceServerClient(server.http_url, network_timeout=300)
+    try:
+        return answer(client.infer(model, tensors(httpclient, inputs)))
+    finally:
+        client.close()
+
+
+def metric(server: LocalTritonServer, name: str, model: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as r:
+        text = r.read().decode("utf-8")
+    match = re.search(rf'^{name}{{[^}}]*model="{model}"[^}}]*}} (\S+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_http_round_trip_with_images(vlm_server: LocalTritonServer) -> None:
+    text, reason, prompt_tokens, completion_tokens = http(
+        vlm_server, "vlm", arrays("Describe the pictures.", (image(60, 40, 0), image(30, 90, 1)))
+    )
+    assert (reason, completion_tokens) == ("length", 8)  # MAX_NEW_TOKENS=8
+    assert prompt_tokens > 50 and text
+
+
+def test_messages_with_a_data_uri_equal_the_images_input(vlm_server: LocalTritonServer) -> None:
+    picture = image(50, 50, 2)
+    uri = "data:image/png;base64," + base64.b64encode(picture).decode("ascii")
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": uri}},
+                {"type": "text", "text": "What is it?"},
+            ],
+        }
+    ]
+    via_messages = http(vlm_server, "vlm", arrays(json.dumps(messages)))
+    via_input = http(vlm_server, "vlm", arrays("What is it?", (picture,)))
+    assert via_messages == via_input
+
+
+def test_grpc_equals_http(vlm_server: LocalTritonServer) -> None:
+    inputs = arrays("Hello", (image(40, 40, 3),), temperature=0.8, seed=7)
+    client = grpcclient.InferenceServerClient(vlm_server.grpc_url)
+    try:
+        via_grpc = answer(client.infer("vlm", tensors(grpcclient, inputs)))
+    finally:
+        client.close()
+    assert via_grpc == http(vlm_server, "vlm", inputs)
+
+
+def test_concurrent_requests_are_batched_and_equal_one_at_a_time(
+    vlm_server: LocalTritonServer,
+) -> None:
+    requests = [
+        arrays(
+            f"Question {i}",
+            tuple(image(30 + 10 * i, 40, 10 + k) for k in range(i % 3 + 1)),
+            max_new_tokens=6,
+        )
+        for i in range(8)
+    ]
+    alone = [http(vlm_server, "vlm", inputs) for inputs in requests]
+    client = httpclient.InferenceServerClient(
+        vlm_server.http_url, concurrency=len(requests), network_timeout=300
+    )
+    try:
+        before = client.get_inference_statistics("vlm")["model_stats"][0]
+        pending = [client.async_infer("vlm", tensors(httpclient, inputs)) for inputs in requests]
+        together = [answer(p.get_result()) for p in pending]
+        deadline = time.monotonic() + 10
+        while True:  # Triton updates the statistics after the responses are out
+            after = client.get_inference_statistics("vlm")["model_stats"][0]
+            served = after["inference_count"] - before["inference_count"]
+            if served >= len(requests) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    finally:
+        client.close()
+    assert together == alone
+    assert served == len(requests)
+    executions = after["execution_count"] - before["execution_count"]
+    assert executions < served, "requests with different image counts were never batched"
+
+
+def test_history_across_turns_and_its_bounds(vlm_server: LocalTritonServer) -> None:
+    def turn(prompt: str, **options: Any) -> tuple:
+        return http(vlm_server, "vlm", arrays(prompt, session_id="server-session", **options))
+
+    fresh = http(vlm_server, "vlm", arrays("What did I say?"))
+    first = turn("I said hello.")
+    second = turn("What did I say?")
+    assert second[2] > fresh[2] + first[3] and second[0] != fresh[0]
+    third = turn("One more turn.")
+    fourth = turn("And another.")
+    fifth = turn("What did I say?")  # MAX_HISTORY=2: only the third and fourth turns remain
+    replay = [
+        {"role": "user", "content": "One more turn."},
+        {"role": "assistant", "content": third[0]},
+        {"role": "user", "content": "And another."},
+        {"role": "assistant", "content": fourth[0]},
+        {"role": "user", "content": "What did I say?"},
+    ]
+    assert fifth == http(vlm_server, "vlm", arrays(json.dumps(replay)))
+    assert turn("", reset_session=True) == ("", "stop", 0, 0)
+    assert turn("What did I say?") == fresh
+
+
+@pytest.mark.parametrize(
+    ("inputs", "expected"),
+    [
+        (arrays("x", (b"not an image",)), "input 'images' item 0 is not a readable image"),
+        (arrays("x", (image(600, 600, 0),)), "the limit is 200000 pixels"),
+        (arrays("x", tuple(image(8, 8, i) for i in range(9))), "carries 9 images"),
+        (arrays("The quick brown fox. " * 1500), "model's context of 4096 tokens"),
+        (arrays('[{"role": "user", "content": '), "not valid JSON"),
+        (arrays("x", max_new_tokens=0), "input 'max_new_tokens' is 0; allowed: 1 to 1024"),
+        (arrays("x", max_new_tokens=5000), "input 'max_new_tokens' is 5000"),
+        (arrays("x", temperature=-0.5), "input 'temperature' is -0.5"),
+        (arrays("x", top_p=0.0), "input 'top_p' is 0.0"),
+        (arrays("x", top_p=1.5), "input 'top_p' is 1.5"),
+    ],
+    ids=[
+        "corrupt",
+        "pixels",
+        "count",
+        "context",
+        "json",
+        "tokens0",
+        "tokens-cap",
+        "temp",
+        "top_p0",
+        "top_p1.5",
+    ],
+)
+def test_bad_input_is_invalid_argument_over_http_and_grpc(
+    vlm_server: LocalTritonServer, inputs: dict[str, np.ndarray], expected: str
+) -> None:
+    client = httpclient.InferenceServerClient(vlm_server.http_url, network_timeout=300)
+    try:
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer("vlm", tensors(httpclient, inputs))
+    finally:
+        client.close()
+    assert caught.value.status() == "400" and expected in caught.value.message()
+    grpc = grpcclient.InferenceServerClient(vlm_server.grpc_url)
+    try:
+        with pytest.raises(InferenceServerException) as caught:
+            grpc.infer("vlm", tensors(grpcclient, inputs))
+    finally:
+        grpc.close()
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert expected in caught.value.message()
+    assert http(vlm_server, "vlm", arrays("Still there?"))[1] == "length"
+
+
+def test_llm_serves_text_from_its_own_checkpoint(vlm_server: LocalTritonServer) -> None:
+    _, reason, prompt_tokens, tokens = http(vlm_server, "llm", arrays("Hello"))
+    assert (reason, tokens) == ("length", 8)
+    # LLM_MODEL_PATH beats MODEL_PATH: the tiny Qwen2.5-VL, whose template adds a system turn.
+    assert prompt_tokens != http(vlm_server, "vlm", arrays("Hello"))[2]
+    client = httpclient.InferenceServerClient(vlm_server.http_url)
+    try:
+        with pytest.raises(InferenceServerException, match="images"):
+            client.infer("llm", tensors(httpclient, arrays("x", (image(8, 8, 0),))))
+    finally:
+        client.close()
+
+
+# --- gRPC streaming ------------------------------------------------------------------------
+
+
+def stream_results(server: LocalTritonServer, requests: list[dict[str, np.ndarray]]) -> list:
+    """Each request's (pieces, final result) through one gRPC stream."""
+    responses: queue.Queue = queue.Queue()
+
+    def callback(sink: queue.Queue, result: Any, error: Any) -> None:
+        sink.put((result, error))
+
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client.start_stream(callback=partial(callback, responses))
+    try:
+        for index, inputs in enumerate(requests):
+            client.async_stream_infer(
+                "vlm_stream",
+                tensors(grpcclient, inputs),
+                request_id=str(index),
+                enable_empty_final_response=True,
+            )
+        pieces: dict[str, list[str]] = {str(i): [] for i in range(len(requests))}
+        finals: dict[str, Any] = {}
+        while len(finals) < len(requests):
+            result, error = responses.get(timeout=120)
+            if error is not None:
+                raise error
+            response = result.get_response()
+            if response.parameters["triton_final_response"].bool_param:
+                finals[response.id] = result
+            else:
+                pieces[response.id].append(result.as_numpy("text")[0, 0].decode("utf-8"))
+        return [(pieces[str(i)], finals[str(i)]) for i in range(len(requests))]
+    finally:
+        client.stop_stream()
+        client.close()
+
+
+def test_stream_sends_pieces_in_order_and_a_final_response(vlm_server: LocalTritonServer) -> None:
+    requests = [
+        arrays("Tell me a story", (image(40, 40, 5),), max_new_tokens=12),
+        arrays("Hi", (image(20, 50, 6), image(50, 20, 7)), max_new_tokens=6),
+    ]
+    for inputs, (pieces, final) in zip(requests, stream_results(vlm_server, requests), strict=True):
+        unary = http(vlm_server, "vlm", inputs)
+        assert len(pieces) > 1 and "".join(pieces) == unary[0]
+        assert answer(final)[0] == "" and answer(final)[1:] == unary[1:]
+
+
+def test_cancelling_a_stream_stops_generation(vlm_server: LocalTritonServer) -> None:
+    cancelled_before = metric(vlm_server, "multimodal_generation_cancelled_total", "vlm_stream")
+    tokens_before = metric(vlm_server, "multimodal_generated_tokens_total", "vlm_stream")
+    responses: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(vlm_server.grpc_url)
+    client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    client.async_stream_infer(
+        "vlm_stream", tensors(grpcclient, arrays("Tell me everything", max_new_tokens=3000))
+    )
+    result, error = responses.get(timeout=120)  # the first piece: the stream is running
+    assert error is None and result.as_numpy("text") is not None
+    client.stop_stream(cancel_requests=True)
+    client.close()
+    deadline = time.monotonic() + 60
+    while (
+        metric(vlm_server, "multimodal_generation_cancelled_total", "vlm_stream")
+        == cancelled_before
+    ):
+        assert time.monotonic() < deadline, "the server never stopped the cancelled generation"
+        time.sleep(0.2)
+    generated = (
+        metric(vlm_server, "multimodal_generated_tokens_total", "vlm_stream") - tokens_before
+    )
+    assert 1 <= generated < 3000
+    log = vlm_server.log_path.read_text(encoding="utf-8", errors="replace")
+    assert "vlm_stream: the client cancelled; generation stopped after" in log
+    # The model is free again: a new stream is served at once.
+    ((pieces, final),) = stream_results(vlm_server, [arrays("Hi", max_new_tokens=4)])
+    _, reason, _, tokens = answer(final)
+    assert (reason, tokens) == ("length", 4) and pieces
