@@ -70,3 +70,64 @@ def encode_audio(
     buffer = io.BytesIO()
     sf.write(buffer, samples, rate, format=fmt, subtype=subtype)
     return buffer.getvalue()
+
+
+# --- Encoding synthesised speech for clients ----------------------------------------------------
+
+#: Output formats: a WAV or FLAC file (16-bit PCM, mono), or raw little-endian samples
+#: (`pcm_s16`: int16, `pcm_f32`: float32) for clients that play or stream them directly.
+OUTPUT_FORMATS = ("wav", "flac", "pcm_s16", "pcm_f32")
+#: Output rates a client may ask for: telephony (8 kHz) to studio (48 kHz).
+MIN_OUTPUT_RATE = 8_000
+MAX_OUTPUT_RATE = 48_000
+
+_SOUNDFILE_FORMAT = {
+    "wav": {"format": "WAV", "subtype": "PCM_16"},
+    "flac": {"format": "FLAC", "subtype": "PCM_16"},
+    "pcm_s16": {"format": "RAW", "subtype": "PCM_16", "endian": "LITTLE"},
+    "pcm_f32": {"format": "RAW", "subtype": "FLOAT", "endian": "LITTLE"},
+}
+
+
+def check_output_format(fmt: str | None, name: str = "format") -> str:
+    """A client's output format, lower-cased; "wav" when not given."""
+    if fmt is None or fmt.strip() == "":
+        return "wav"
+    lowered = fmt.strip().lower()
+    if lowered not in OUTPUT_FORMATS:
+        raise invalid(f"input '{name}' is {fmt!r}; allowed: {', '.join(OUTPUT_FORMATS)}")
+    return lowered
+
+
+def check_output_rate(rate: int | None, name: str = "sample_rate") -> int | None:
+    """A client's output sample rate; None (or 0) keeps the model's own rate."""
+    if rate is None or rate == 0:
+        return None
+    if not MIN_OUTPUT_RATE <= rate <= MAX_OUTPUT_RATE:
+        raise invalid(
+            f"input '{name}' is {rate}; allowed: {MIN_OUTPUT_RATE} to {MAX_OUTPUT_RATE} Hz, "
+            "or 0 for the model's own rate"
+        )
+    return int(rate)
+
+
+def resample(waveform: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
+    """Mono float32 `waveform` at `target_rate`, with soxr's high-quality resampler."""
+    waveform = np.asarray(waveform, dtype=np.float32)
+    if rate == target_rate or waveform.shape[0] == 0:
+        return waveform
+    return soxr.resample(waveform, rate, target_rate, quality="HQ").astype(np.float32, copy=False)
+
+
+def encode_speech(waveform: np.ndarray, rate: int, fmt: str) -> bytes:
+    """Mono float32 samples in one of OUTPUT_FORMATS, clipped to [-1, 1] first.
+
+    Clipping is explicit because libsndfile wraps out-of-range floats when it writes integer
+    PCM, and a resampler's overshoot can leave a sample just past full scale.
+    """
+    if fmt not in _SOUNDFILE_FORMAT:
+        raise ValueError(f"unknown output format {fmt!r}; known: {OUTPUT_FORMATS}")
+    samples = np.clip(np.asarray(waveform, dtype=np.float32), -1.0, 1.0)
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, rate, **_SOUNDFILE_FORMAT[fmt])
+    return buffer.getvalue()

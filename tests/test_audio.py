@@ -79,3 +79,55 @@ def test_truncated_file_is_rejected_or_shorter_never_garbage() -> None:
     data = encode(tone(1.0, RATE), RATE, fmt="FLAC")
     with pytest.raises(RequestError):
         decode_audio(data[:40], **LIMITS)
+
+
+# --- Encoding synthesised speech (shared.audio.encode_speech and friends) -------------------
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac", "pcm_s16", "pcm_f32"])
+@pytest.mark.parametrize("rate", [8_000, 16_000, 22_050, 48_000])
+def test_speech_encodes_to_the_asked_format_and_rate(fmt: str, rate: int) -> None:
+    import io
+
+    import soundfile as sf
+
+    from shared.audio import encode_speech, resample
+
+    source = tone(0.5, 16_000)
+    samples = resample(source, 16_000, rate)
+    assert abs(samples.shape[0] - rate // 2) <= 1
+    data = encode_speech(samples, rate, fmt)
+    if fmt == "pcm_s16":
+        decoded = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768
+    elif fmt == "pcm_f32":
+        decoded = np.frombuffer(data, dtype="<f4")
+    else:
+        decoded, decoded_rate = sf.read(io.BytesIO(data), dtype="float32")
+        assert decoded_rate == rate
+        assert sf.info(io.BytesIO(data)).format == fmt.upper()
+    assert decoded.shape == samples.shape
+    np.testing.assert_allclose(decoded, samples, atol=1e-4 if fmt != "pcm_f32" else 0)
+
+
+def test_speech_is_clipped_not_wrapped() -> None:
+    from shared.audio import encode_speech
+
+    loud = np.array([1.5, -2.0, 0.5], dtype=np.float32)
+    pcm = np.frombuffer(encode_speech(loud, 16_000, "pcm_s16"), dtype="<i2")
+    assert pcm[0] == 32767 and pcm[1] == -32768 and abs(pcm[2] - 16384) <= 1
+    raw = np.frombuffer(encode_speech(loud, 16_000, "pcm_f32"), dtype="<f4")
+    assert raw.tolist() == [1.0, -1.0, 0.5]
+
+
+def test_output_options_name_the_input_and_the_limit() -> None:
+    from shared.audio import check_output_format, check_output_rate
+
+    assert check_output_format(None) == check_output_format(" ") == "wav"
+    assert check_output_format("FLAC") == "flac"
+    with pytest.raises(RequestError, match="input 'format' is 'mp3'; allowed: wav, flac, pcm_s16"):
+        check_output_format("mp3")
+    assert check_output_rate(None) is None and check_output_rate(0) is None
+    assert check_output_rate(44_100) == 44_100
+    for bad in (7_999, 48_001, -1):
+        with pytest.raises(RequestError, match=f"input 'sample_rate' is {bad}; allowed: 8000 to"):
+            check_output_rate(bad)

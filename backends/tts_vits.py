@@ -1,0 +1,209 @@
+"""VITS (the MMS-TTS family) as a batched TTS engine: one padded forward pass per call.
+
+transformers' `VitsModel.forward` synthesises a padded batch, but three things it does cannot
+serve a batch of independent requests:
+
+* it draws its noise (the stochastic duration predictor's and the prior's) for the whole batch
+  from the global generator, so a row's audio depends on its neighbours and their lengths;
+* it takes one speaker id and one speaking rate for the whole batch;
+* its HiFi-GAN decoder has no padding mask, so a short row's last samples hear the padding
+  that follows it in the batch.
+
+So `VitsEngine._synthesize` runs the same modules in the same order as `VitsModel.forward`
+(text encoder, duration predictor, alignment expansion, flow, decoder), with each row's noise
+drawn from its own `torch.Generator`, in the shapes and order the model draws it for a batch
+of one, a speaker embedding and length scale per row, and every row followed by
+`hifigan_context_frames` zero frames before the decoder. A row's audio is then what the
+model gives for it alone (tests/test_tts_engine.py checks both), and each waveform is cut to the
+row's own predicted length (`sequence_lengths`), with no padding tail.
+
+Model construction (`load_model`) and the text front end (`front_end_for`) are separate
+overridable steps, so a VITS with another decoder variant or a phoneme front end reuses the
+batching here unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from backends.tts import (
+    FrontEnd,
+    TextLimits,
+    TokenizerFrontEnd,
+    TtsEngine,
+    Utterance,
+    hifigan_context_frames,
+)
+from shared.loading import Loaded, load_pretrained
+from shared.logs import quiet_repeated_warnings
+from shared.quantization import Placement
+
+
+class VitsEngine(TtsEngine):
+    """A loaded VITS checkpoint: voices are speaker ids ("0", "1", ...), one for MMS-TTS."""
+
+    def __init__(self, loaded: Loaded, front_end: FrontEnd, limits: TextLimits) -> None:
+        super().__init__(front_end, limits, max_sentence_chars=limits.max_sentence_chars)
+        self._loaded = loaded
+        self.model = loaded.model
+        config = self.model.config
+        self.sampling_rate = int(config.sampling_rate)
+        self.voices = self.voice_names(config)
+        self.hop = int(np.prod(config.upsample_rates))
+        self.margin_frames = hifigan_context_frames(
+            config.upsample_rates,
+            config.upsample_kernel_sizes,
+            config.resblock_kernel_sizes,
+            config.resblock_dilation_sizes,
+        )
+
+    # --- loading: each step overridable -------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: Path,
+        placement: Placement,
+        limits: TextLimits,
+        settings: Mapping[str, Any] | None = None,
+    ) -> VitsEngine:
+        loaded = cls.load_model(model_dir, placement)
+        return cls(loaded, cls.front_end_for(model_dir, loaded), limits)
+
+    @classmethod
+    def load_model(cls, model_dir: Path, placement: Placement) -> Loaded:
+        """The model and its tokenizer, with the project's secure loading defaults."""
+        from transformers import AutoTokenizer, VitsModel
+
+        quiet_repeated_warnings()
+        return load_pretrained(VitsModel, AutoTokenizer, model_dir, placement)
+
+    @classmethod
+    def front_end_for(cls, model_dir: Path, loaded: Loaded) -> FrontEnd:
+        """The checkpoint's tokenizer (MMS-TTS: characters, with blanks between them)."""
+        return TokenizerFrontEnd(loaded.processor)
+
+    @staticmethod
+    def voice_names(config: Any) -> tuple[str, ...]:
+        return tuple(str(i) for i in range(max(1, int(config.num_speakers))))
+
+    def describe(self) -> str:
+        return (
+            f"vits voices={len(self.voices)} rate={self.sampling_rate} Hz {self._loaded.describe()}"
+        )
+
+    # --- synthesis ------------------------------------------------------------------------------
+
+    def _forward(self, ids: list[list[int]], utterances: list[Utterance]) -> list[np.ndarray]:
+        import torch
+
+        device = self.model.device
+        lengths = [len(row) for row in ids]
+        input_ids = torch.zeros((len(ids), max(lengths)), dtype=torch.long)
+        mask = torch.zeros_like(input_ids)
+        for r, row in enumerate(ids):
+            input_ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[r, : len(row)] = 1
+        generators = [torch.Generator(device=device).manual_seed(u.seed) for u in utterances]
+        with torch.inference_mode():
+            waveform, samples = self._synthesize(
+                input_ids.to(device), mask.to(device), utterances, generators
+            )
+        waveform = waveform.float().cpu().numpy()
+        return [waveform[r, :n].copy() for r, n in enumerate(samples)]
+
+    def _synthesize(
+        self, input_ids: Any, mask: Any, utterances: list[Utterance], generators: list[Any]
+    ) -> tuple[Any, list[int]]:
+        """VitsModel.forward for a batch of independent rows (see the module docstring).
+
+        Returns the padded waveforms (rows x samples) and each row's own sample count.
+        """
+        import torch
+        from torch import nn
+
+        model = self.model
+        config = model.config
+        device = input_ids.device
+        dtype = model.text_encoder.embed_tokens.weight.dtype
+        rows = input_ids.shape[0]
+        lengths = mask.sum(dim=1).tolist()
+
+        padding_mask = mask.unsqueeze(-1).to(dtype)
+        speakers = None
+        if config.num_speakers > 1:
+            voice_ids = torch.tensor([u.voice for u in utterances], device=device)
+            speakers = model.embed_speaker(voice_ids).unsqueeze(-1)
+        encoded = model.text_encoder(
+            input_ids=input_ids, padding_mask=padding_mask, attention_mask=mask, return_dict=True
+        )
+        hidden = encoded.last_hidden_state.transpose(1, 2)
+        padding_mask = padding_mask.transpose(1, 2)
+
+        if config.use_stochastic_duration_prediction:
+            # As the predictor draws it for a batch of one: (1, 2, tokens), float32, then cast.
+            noise = torch.zeros((rows, 2, input_ids.shape[1]), device=device)
+            for r, (n, gen) in enumerate(zip(lengths, generators, strict=True)):
+                noise[r, :, :n] = torch.randn((2, n), generator=gen, device=device)
+            log_duration = self._stochastic_log_durations(
+                hidden, padding_mask, speakers, noise.to(dtype) * model.noise_scale_duration
+            )
+        else:
+            log_duration = model.duration_predictor(hidden, padding_mask, speakers)
+
+        rates = torch.tensor([u.speaking_rate for u in utterances], device=device, dtype=dtype)
+        length_scale = (1.0 / (model.speaking_rate * rates)).view(rows, 1, 1)
+        duration = torch.ceil(torch.exp(log_duration) * padding_mask * length_scale)
+        frames = torch.clamp_min(torch.sum(duration, [1, 2]), 1).long()
+
+        # Expand the prior over the predicted frames, exactly as VitsModel.forward does.
+        indices = torch.arange(frames.max(), dtype=frames.dtype, device=device)
+        output_mask = (indices.unsqueeze(0) < frames.unsqueeze(1)).unsqueeze(1).to(dtype)
+        attn_mask = torch.unsqueeze(padding_mask, 2) * torch.unsqueeze(output_mask, -1)
+        _, _, output_length, input_length = attn_mask.shape
+        cum_duration = torch.cumsum(duration, -1).view(rows * input_length, 1)
+        positions = torch.arange(output_length, dtype=duration.dtype, device=device)
+        valid = (positions.unsqueeze(0) < cum_duration).to(dtype)
+        valid = valid.view(rows, input_length, output_length)
+        starts = valid - nn.functional.pad(valid, [0, 0, 1, 0, 0, 0])[:, :-1]
+        attn = starts.unsqueeze(1).transpose(2, 3) * attn_mask
+        means = torch.matmul(attn.squeeze(1), encoded.prior_means).transpose(1, 2)
+        log_variances = torch.matmul(attn.squeeze(1), encoded.prior_log_variances).transpose(1, 2)
+
+        # randn_like(prior_means) for a batch of one: prior_means is a transposed view there,
+        # and normal_ fills a strided tensor in another order than a contiguous one.
+        noise = torch.zeros_like(means)
+        channels = means.shape[1]
+        for r, (n, gen) in enumerate(zip(frames.tolist(), generators, strict=True)):
+            drawn = torch.empty_strided((channels, n), (1, channels), device=device, dtype=dtype)
+            noise[r, :, :n] = drawn.normal_(generator=gen)
+        prior = means + noise * torch.exp(log_variances) * model.noise_scale
+        latents = model.flow(prior, output_mask, speakers, reverse=True)
+        spectrogram = nn.functional.pad(latents * output_mask, (0, self.margin_frames))
+        waveform = model.decoder(spectrogram, speakers).squeeze(1)
+        return waveform, [n * self.hop for n in frames.tolist()]
+
+    def _stochastic_log_durations(
+        self, hidden: Any, padding_mask: Any, speakers: Any, noise: Any
+    ) -> Any:
+        """VitsStochasticDurationPredictor in reverse, with the caller's noise."""
+        import torch
+
+        predictor = self.model.duration_predictor
+        inputs = predictor.conv_pre(hidden)
+        if speakers is not None:
+            inputs = inputs + predictor.cond(speakers)
+        inputs = predictor.conv_dds(inputs, padding_mask)
+        inputs = predictor.conv_proj(inputs) * padding_mask
+        flows = list(reversed(predictor.flows))
+        flows = [*flows[:-2], flows[-1]]  # as transformers: the unused flow is skipped
+        latents = noise
+        for flow in flows:
+            latents = torch.flip(latents, [1])
+            latents, _ = flow(latents, padding_mask, global_conditioning=inputs, reverse=True)
+        log_duration, _ = torch.split(latents, [1, 1], dim=1)
+        return log_duration
