@@ -18,60 +18,46 @@ Progress goes to stderr. Other work on the machine shows up in every number, so 
 measurement records the share of the CPU other processes took meanwhile (and is taken again,
 once, when that share was large), and the load average is recorded at start, end and per phase.
 
+Clips, perf_analyzer runs and their parsing, repository variants, local servers and the
+machine probes come from the load-test suite (scripts/loadtest_lib, `scripts/loadtest`); this
+file adds what is particular to speech: WER, the encoder/decoder split, the CTranslate2 peer.
+
 The same file is also the peer's worker (`--peer-worker`) and the plotter (`--plot-worker`),
-run by other interpreters; that is why this module imports only the standard library at the
-top and everything else where it is used.
+run by other interpreters; that is why this module imports only the standard library (and the
+suite's standard-library modules) at the top and everything else where it is used.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import csv
 import datetime
 import json
-import math
 import os
-import platform
-import re
-import shutil
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTED = time.monotonic()
+sys.path.insert(0, str(ROOT))
 
-#: Sentences espeak-ng says clearly enough for whisper-tiny.en; `tests.speech.SENTENCES` first.
-#: No numbers: Whisper writes "ten" as "10", which a plain word error rate counts as an error.
-EXTRA_SENTENCES = [
-    "Please send the report to the office by Friday.",
-    "The children played in the garden until it was dark.",
-    "We need more water and some bread for the trip.",
-    "The meeting starts early in the morning.",
-    "I would like a cup of coffee with milk, please.",
-    "The train to Paris leaves from the main station.",
-    "She bought three red apples at the market.",
-]
-#: (espeak-ng voice, words per minute), cycled along the sentences (see `make_clips`).
-VOICES = [
-    ("en-us", 150),
-    ("en-gb", 170),
-    ("en-us", 185),
-    ("en-gb-x-rp", 145),
-    ("en-us", 165),
-    ("en-gb", 135),
-]
-#: The rate clients typically send speech at (16 kHz mono WAV): decoding cost is then minimal.
-CLIP_RATE = 16_000
+from scripts.loadtest_lib.machine import (  # noqa: E402 - after ROOT is importable
+    CpuProbe,
+    load_average,
+    machine,
+    proc_memory,
+)
+from scripts.loadtest_lib.stats import percentile  # noqa: E402
+
+if TYPE_CHECKING:
+    from scripts.loadtest_lib.content import Clip
+
 #: Members of the whisper-tiny.en wheel CTranslate2 needs; vocabulary.txt is pinned by the
 #: wheel's own RECORD (the converter does not need it, so `whisper_ct2` does not pin it).
 CT2_VOCABULARY = (
@@ -85,18 +71,6 @@ def progress(message: str) -> None:
     print(f"[bench {time.monotonic() - STARTED:6.0f}s] {message}", file=sys.stderr, flush=True)
 
 
-def load_average() -> list[float]:
-    """1, 5 and 15 minute load averages, rounded: other work on the machine skews everything."""
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (what perf_analyzer reports too), on an unsorted list."""
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
-    return ordered[rank - 1]
-
-
 def corpus_wer(references: list[str], hypotheses: list[str]) -> float:
     """Word errors over all clips / words over all clips (not a mean of per-clip rates)."""
     from tests.speech import word_error_rate, words
@@ -105,69 +79,6 @@ def corpus_wer(references: list[str], hypotheses: list[str]) -> float:
         word_error_rate(r, h) * len(words(r)) for r, h in zip(references, hypotheses, strict=True)
     )
     return errors / max(1, sum(len(words(r)) for r in references))
-
-
-def proc_memory(pid: int) -> dict[str, float]:
-    """Resident and peak resident memory (MiB) of a process, from /proc (Linux)."""
-    fields = {}
-    with open(f"/proc/{pid}/status", encoding="utf-8") as handle:
-        for line in handle:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                fields[key] = int(value.split()[0]) / 1024
-    return {"rss_mib": round(fields["VmRSS"], 1), "peak_rss_mib": round(fields["VmHWM"], 1)}
-
-
-class CpuProbe:
-    """How much CPU other processes took while we measured: the machine's busy time minus this
-    process tree's (the bench, tritonserver and its stub, perf_analyzer, the peer).
-
-    The load average is a one-minute moving average, too slow to tell which measurement a
-    neighbour's test suite hit; this is exact per measurement. It matters more than it seems:
-    torch's threads wait for each other at every operation, so a neighbour that takes one of
-    two cores can slow a decoding step several times over, not by half.
-    """
-
-    def __enter__(self) -> CpuProbe:
-        self._wall = time.monotonic()
-        self._system = self._system_times()
-        self._own = self._own_seconds()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        wall = time.monotonic() - self._wall
-        system = self._system_times()
-        busy = system[0] - self._system[0]
-        steal = system[1] - self._system[1]
-        own = self._own_seconds() - self._own
-        capacity = max(1e-9, wall * (os.cpu_count() or 1))
-        self.other_cpu_pct = round(100 * max(0.0, busy - own) / capacity, 1)
-        self.steal_pct = round(100 * steal / capacity, 1)
-
-    @staticmethod
-    def _system_times() -> tuple[float, float]:
-        import psutil
-
-        t = psutil.cpu_times()
-        busy = t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
-        return busy, getattr(t, "steal", 0.0)
-
-    @staticmethod
-    def _own_seconds() -> float:
-        import psutil
-
-        mine = os.times()
-        total = mine.user + mine.system + mine.children_user + mine.children_system
-        for child in psutil.Process().children(recursive=True):
-            try:
-                times = child.cpu_times()
-                total += times.user + times.system
-            except psutil.Error:
-                continue
-        return total
-
-    def record(self) -> dict[str, float]:
-        return {"other_cpu_pct": self.other_cpu_pct, "steal_pct": self.steal_pct}
 
 
 #: Redo a measurement once when other processes took more than this share of the CPU (%), as
@@ -207,40 +118,6 @@ def measured(label: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     for result in attempts:
         result.pop("_seconds", None)
     return min(attempts, key=lambda r: r["interference"]["other_cpu_pct"])
-
-
-# --------------------------------------------------------------------------------------------
-# Clips
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Clip:
-    """One spoken sentence, encoded the way a client would send it."""
-
-    text: str
-    voice: str
-    words_per_minute: int
-    seconds: float
-    wav: bytes
-
-
-def make_clips(count: int) -> list[Clip]:
-    """`count` clips: every sentence once before any repeats; a repeat gets another voice."""
-    from tests.speech import SENTENCES, encode, speak
-
-    sentences = [*SENTENCES, *EXTRA_SENTENCES]
-    clips = []
-    for i in range(count):
-        text = sentences[i % len(sentences)]
-        voice, wpm = VOICES[(i + i // len(sentences)) % len(VOICES)]
-        samples, rate = speak(text, voice, wpm)
-        clips.append(
-            Clip(
-                text, voice, wpm, len(samples) / rate, encode(samples, rate, target_rate=CLIP_RATE)
-            )
-        )
-    return clips
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,32 +184,6 @@ def encoder_gflop(engine: Any, sample: Any) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def cprofile_call(fn: Callable[[], Any], top: int = 8) -> dict[str, Any]:
-    """cProfile one call: the functions with the most own time, and the logits processors'
-    share (generate() runs them on every decoding step, outside the decoder's forward)."""
-    import cProfile
-    import pstats
-
-    profiler = cProfile.Profile()
-    started = time.perf_counter()
-    profiler.runcall(fn)
-    wall = time.perf_counter() - started
-    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
-    entries = [
-        (f"{Path(file).name}:{line}({name})", tottime, cumtime)
-        for (file, line, name), (_, _, tottime, cumtime, _) in stats.items()
-    ]
-    logits = max(
-        (cum for label, _, cum in entries if label.startswith("logits_process.py")), default=0.0
-    )
-    entries.sort(key=lambda e: e[1], reverse=True)
-    return {
-        "wall_ms": 1000 * wall,
-        "logits_processors_ms": 1000 * logits,
-        "top_own_time_ms": {label: round(1000 * own, 1) for label, own, _ in entries[:top]},
-    }
-
-
 def in_process(model_dir: Path, clips: list[Clip], batch_sizes: list[int]) -> dict[str, Any]:
     """The engine without a server: throughput per batch size and where one batch's time goes.
 
@@ -342,6 +193,7 @@ def in_process(model_dir: Path, clips: list[Clip], batch_sizes: list[int]) -> di
     import torch
 
     from backends.stt import SttRow, WhisperEngine
+    from scripts.loadtest_lib.inprocess import profile_call
     from shared.audio import decode_audio
     from shared.quantization import resolve_placement
 
@@ -417,7 +269,7 @@ def in_process(model_dir: Path, clips: list[Clip], batch_sizes: list[int]) -> di
     best = max(runs.values(), key=lambda r: r["clips_per_s"])
     transcribe = engine.transcribe
     profiles = {
-        str(size): cprofile_call(lambda size=size: transcribe(rows[:size]))
+        str(size): profile_call(lambda size=size: transcribe(rows[:size]))
         for size in sorted({1, best["batch_size"]})
     }
     gflop = encoder_gflop(engine, rows[0].audio)
@@ -447,51 +299,6 @@ def in_process(model_dir: Path, clips: list[Clip], batch_sizes: list[int]) -> di
 # --------------------------------------------------------------------------------------------
 
 
-def variant_repository(dest: Path, batching: bool) -> Path:
-    """A copy of the stt model whose config has dynamic batching on (as shipped) or off.
-
-    Rewritten through Triton's own protobuf schema, so nothing else in the config changes.
-    """
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    repo = dest / ("batching" if batching else "no-batching")
-    shutil.copytree(ROOT / "model_repository" / "stt", repo / "stt")
-    config_path = repo / "stt" / "config.pbtxt"
-    config = text_format.Parse(
-        config_path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig()
-    )
-    if not batching:
-        config.ClearField("dynamic_batching")
-    config_path.write_text(text_format.MessageToString(config), encoding="utf-8")
-    return repo
-
-
-def perf_data_file(clips: list[Clip], path: Path) -> Path:
-    """perf_analyzer's input data: one step per clip, BYTES as base64 of the serialized tensor."""
-    data = [
-        {
-            "audio": {
-                "b64": base64.b64encode(struct.pack("<I", len(c.wav)) + c.wav).decode(),
-                "shape": [1],
-            }
-        }
-        for c in clips
-    ]
-    path.write_text(json.dumps({"data": data}), encoding="utf-8")
-    return path
-
-
-def batch_histogram(client: Any) -> dict[int, int]:
-    """Executions per batch size so far, from Triton's statistics (what the batcher formed)."""
-    stats = client.get_inference_statistics(model_name="stt", as_json=True)
-    model = stats["model_stats"][0]
-    return {
-        int(b["batch_size"]): int(b["compute_infer"].get("count", 0))
-        for b in model.get("batch_stats", [])
-    }
-
-
 def requests_for(concurrency: int, rounds: int, minimum: int, clips: int) -> int:
     """Requests measured at one concurrency: enough rounds that ramp-up and tail are small, in
     whole passes over the clips so that every clip weighs the same at every level."""
@@ -499,88 +306,44 @@ def requests_for(concurrency: int, rounds: int, minimum: int, clips: int) -> int
     return clips * -(-wanted // clips)
 
 
-def request_timings(export: Path) -> tuple[float, list[float]]:
-    """Throughput and per-request latencies (ms) from perf_analyzer's profile export.
-
-    Computed here from each request's own send and response timestamps, because with a fixed
-    request count perf_analyzer divides by a measurement window that ends on its next polling
-    tick, not at the last response: on a short run that understates throughput by up to a
-    second's worth (3 requests done in 3.2 s were reported over a 4.0 s window).
-    """
-    # The export embeds the raw request bytes; latin-1 maps every byte to one character.
-    data = json.loads(export.read_bytes().decode("latin-1"))
-    requests = [r for e in data["experiments"] for r in e["requests"]]
-    if not requests or any(not r.get("response_timestamps") for r in requests):
-        raise RuntimeError(f"perf_analyzer's export {export} has requests without a response")
-    first = min(r["timestamp"] for r in requests)
-    last = max(r["response_timestamps"][-1] for r in requests)
-    latencies = [(r["response_timestamps"][-1] - r["timestamp"]) / 1e6 for r in requests]
-    return len(requests) / ((last - first) / 1e9), latencies
-
-
 def perf(
-    server: Any, client: Any, data_file: Path, concurrency: int, requests: int, work: Path
+    server: Any, data_file: Path, concurrency: int, requests: int, work: Path
 ) -> dict[str, Any]:
-    """perf_analyzer at one concurrency for a fixed number of requests (no stability search).
+    """perf_analyzer at one concurrency for a fixed number of requests (the suite's run_level:
+    no stability search, throughput and percentiles from the per-request timestamps).
 
     A fixed count keeps the runtime predictable on a slow CPU, where perf_analyzer's default
     stability windows would take minutes per level or give up on a busy machine. Latencies are
     the client's (gRPC round trip); the server columns (from its CSV) split its side of it.
     """
-    report = work / f"perf-{server.grpc_port}-{concurrency}.csv"
-    export = work / f"perf-{server.grpc_port}-{concurrency}.json"
-    cmd = [
-        str(ROOT / "scripts" / "perf_analyzer"),
-        *("-m", "stt", "-u", server.grpc_url, "-i", "grpc"),
-        *("--input-data", str(data_file)),
-        *("--concurrency-range", f"{concurrency}:{concurrency}"),
-        *("--request-count", str(requests)),
-        *("-f", str(report)),
-        "--verbose-csv",
-        *("--profile-export-file", str(export)),
-    ]
-    before = batch_histogram(client)
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
-        raise RuntimeError(f"perf_analyzer failed (exit {result.returncode}):\n{tail}")
-    after = batch_histogram(client)
-    with open(report, encoding="utf-8") as handle:
-        row = next(csv.DictReader(handle))
-    throughput, latencies = request_timings(export)
-    export.unlink()
-    executions = {b: after.get(b, 0) - before.get(b, 0) for b in after}
-    executions = {b: n for b, n in sorted(executions.items()) if n}
-    inferences = sum(b * n for b, n in executions.items())
-    us = 1000.0
+    from scripts.loadtest_lib.perf import PerfSettings, run_level
+    from scripts.loadtest_lib.server import Endpoint
+
+    level = run_level(
+        "stt",
+        Endpoint("grpc", server.grpc_url),
+        data_file,
+        concurrency,
+        PerfSettings(requests=requests, rounds=0),
+        work,
+        streaming=False,
+        progress=progress,
+    )
+    reported = level["perf_analyzer"]
     return {
         "concurrency": concurrency,
-        "requests": requests,
-        "clips_per_s": throughput,
-        "p50_ms": percentile(latencies, 50),
-        "p90_ms": percentile(latencies, 90),
-        "p99_ms": percentile(latencies, 99),
-        "avg_ms": sum(latencies) / len(latencies),
+        "requests": level["requests"],
+        "clips_per_s": level["throughput"],
+        **{key: level[key] for key in ("p50_ms", "p90_ms", "p99_ms", "avg_ms")},
         "perf_analyzer_reported": {
-            "clips_per_s": float(row["Inferences/Second"]),
-            "p50_ms": float(row["p50 latency"]) / us,
-            "p99_ms": float(row["p99 latency"]) / us,
+            "clips_per_s": reported["throughput"],
+            "p50_ms": reported["p50_ms"],
+            "p99_ms": reported["p99_ms"],
         },
-        "server_queue_ms": float(row["Server Queue"]) / us,
-        "server_compute_ms": (
-            float(row["Server Compute Input"])
-            + float(row["Server Compute Infer"])
-            + float(row["Server Compute Output"])
-        )
-        / us,
-        "client_and_network_ms": (
-            float(row["Client Send"])
-            + float(row["Network+Server Send/Recv"])
-            + float(row["Client Recv"])
-        )
-        / us,
-        "executions_by_batch_size": executions,
-        "mean_batch_size": inferences / max(1, sum(executions.values())),
+        "server_queue_ms": level["server_queue_ms"],
+        "server_compute_ms": level["server_compute_ms"],
+        "executions_by_batch_size": level["executions_by_batch_size"],
+        "mean_batch_size": level["mean_batch_size"],
         "load_average": load_average(),
     }
 
@@ -604,46 +367,6 @@ def transcribe_served(url: str, clips: list[Clip], concurrency: int) -> tuple[li
     return texts, time.perf_counter() - started
 
 
-def stub_pid(server: Any) -> int:
-    """The Python backend stub (the process that holds the model) under tritonserver."""
-    import psutil
-
-    for child in psutil.Process(server.process.pid).children(recursive=True):
-        if "triton_python_backend_stub" in child.name():
-            return child.pid
-    raise RuntimeError("no triton_python_backend_stub process under tritonserver")
-
-
-def load_line(log: Path) -> dict[str, Any]:
-    """The model's load log line (engine.describe()): footprint and load time as it reports them."""
-    text = log.read_text(encoding="utf-8", errors="replace")
-    match = re.search(r"stt: loaded [^:]+: (.*?footprint=([\d.]+) MiB load=([\d.]+) s)", text)
-    if not match:
-        return {}
-    return {
-        "describe": match.group(1),
-        "footprint_mib": float(match.group(2)),
-        "load_s": float(match.group(3)),
-    }
-
-
-@contextmanager
-def serve(repo: Path, store: Path, env: dict[str, str], log: Path) -> Iterator[Any]:
-    """A real tritonserver on `repo` (stt only) with `env`, ready, and a gRPC client to it."""
-    import tritonclient.grpc as grpcclient
-
-    from shared.local_server import LocalTritonServer
-
-    with LocalTritonServer(
-        model_repository=repo, model_store=store, env_overrides=env, models=["stt"], log_path=log
-    ) as server:
-        client = grpcclient.InferenceServerClient(server.grpc_url)
-        try:
-            yield server, client
-        finally:
-            client.close()
-
-
 def served_setup(
     name: str,
     repo: Path,
@@ -658,13 +381,17 @@ def served_setup(
     wer_concurrency: int,
 ) -> dict[str, Any]:
     """One server: load facts, memory, WER of every clip, then perf_analyzer per concurrency."""
+    from scripts.loadtest_lib.local import load_facts, local_server, stub_pid
+
     log = work / f"{name}.log"
     progress(f"served {name}: starting tritonserver")
     started = time.perf_counter()
-    with serve(repo, store, env, log) as (server, client):
+    with local_server(repo, ["stt"], {**env, "MODEL_STORE": str(store)}, log) as server:
         ready_s = time.perf_counter() - started
-        pid = stub_pid(server)
-        loaded = load_line(log)
+        pid = stub_pid(server, "stt")
+        if pid is None:
+            raise RuntimeError("no triton_python_backend_stub process for stt")
+        loaded = load_facts(log, "stt")
         after_load = proc_memory(pid)
         texts, wall = transcribe_served(server.grpc_url, clips, wer_concurrency)
         wer = corpus_wer([c.text for c in clips], texts)
@@ -678,7 +405,7 @@ def served_setup(
             progress(f"served {name}: perf_analyzer concurrency {c} ({n} requests)")
             levels[str(c)] = measured(
                 f"served {name} concurrency {c}",
-                lambda c=c, n=n: perf(server, client, data_file, c, n, work),
+                lambda c=c, n=n: perf(server, data_file, c, n, work),
             )
             row = levels[str(c)]
             progress(
@@ -1214,26 +941,6 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def machine() -> dict[str, Any]:
-    """CPU model, cores, memory and OS: the context every figure depends on."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gib": memory,
-        "os": platform.platform(),
-        "python": platform.python_version(),
-    }
-
-
 def disturbed(node: Any, path: str = "") -> Iterator[str]:
     """Every measurement whose `interference` stayed above the limit, as `path: pct`."""
     if isinstance(node, dict):
@@ -1257,6 +964,12 @@ def wait_quiet(limit_s: float) -> float:
             break
         progress(f"waiting: other processes use {probe.other_cpu_pct:.0f}% of the CPU")
     return time.monotonic() - started
+
+
+def _has_matplotlib() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def int_list(text: str) -> list[int]:
@@ -1359,7 +1072,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot_worker:
         return plot_worker(args)
 
-    sys.path.insert(0, str(ROOT))
+    from scripts.loadtest_lib.content import make_clips
+
     store = Path(os.environ.get("MODEL_STORE", ROOT / "model_store")).resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     waited = wait_quiet(args.wait_idle) if args.wait_idle else 0.0
@@ -1437,6 +1151,8 @@ def main(argv: list[str] | None = None) -> int:
     results["ratios"] = ratios(results)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     plot_python = args.plot_python or (args.peer_python if "peer" in results else None)
+    if not plot_python and _has_matplotlib():
+        plot_python = sys.executable  # requirements-dev.txt pins matplotlib for the suite
     if plot_python:
         cmd = [plot_python, str(Path(__file__).resolve()), "--plot-worker"]
         cmd += ["--results", str(args.out / "results.json"), "--png", str(args.out / "results.png")]
@@ -1448,7 +1164,7 @@ def main(argv: list[str] | None = None) -> int:
         if failure:
             results["notes"].append(f"no plot: {plot_python} failed: {failure}")
     else:
-        results["notes"].append("no plot: no --plot-python (or working --peer-python)")
+        results["notes"].append("no plot: no matplotlib here, no --plot-python or --peer-python")
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     table = markdown(results)
     (args.out / "results.md").write_text(table, encoding="utf-8")
@@ -1463,10 +1179,21 @@ def served_phases(
     args: argparse.Namespace, results: dict[str, Any], clips: list[Clip], store: Path, work: Path
 ) -> None:
     """Batching on vs. off over every concurrency, then each further quantization at one."""
-    data_file = perf_data_file(clips, work / "stt-data.json")
+    from scripts.loadtest_lib.content import Sample
+    from scripts.loadtest_lib.inputs import read_config, write_data
+    from scripts.loadtest_lib.local import repository_copy
+
+    source = ROOT / "model_repository"
+    samples = [Sample({"audio": clip.wav}, clip.text) for clip in clips]
+    data_file = write_data(read_config(source / "stt"), samples, work / "stt-data.json")
     base_env = {"STT_MODEL_PATH": args.model_path, "STT_QUANTIZATION": "none"}
     results["served"] = {}
-    repos = {batching: variant_repository(work, batching) for batching in (True, False)}
+    repos = {
+        batching: repository_copy(
+            source, ["stt"], work / ("batching" if batching else "no-batching"), batching=batching
+        )
+        for batching in (True, False)
+    }
     common = {
         "store": store,
         "clips": clips,

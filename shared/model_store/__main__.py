@@ -12,7 +12,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from shared.model_store import whisper_ct2, whisper_random
+from shared.model_store import (
+    piper_voice,
+    smollm2_gguf,
+    tts_random,
+    vlm_random,
+    whisper_ct2,
+    whisper_random,
+)
 
 ENTRIES: dict[str, Callable[[Path], Path]] = {
     "whisper-tiny.en": whisper_ct2.import_whisper_tiny_en,
@@ -22,6 +29,12 @@ ENTRIES: dict[str, Callable[[Path], Path]] = {
     "whisper-large-v3-turbo-random": lambda store: whisper_random.build_random_whisper(
         store / "whisper-large-v3-turbo-random", "large-v3-turbo"
     ),
+    smollm2_gguf.STORE_NAME: smollm2_gguf.import_smolvlm_smollm2,
+    "piper-en_US-joe-medium": piper_voice.import_piper_voice,
+    # Random-weight VLMs: two tiny ones for tests, a SmolVLM-256M-shaped one for benchmarks.
+    **vlm_random.store_entries(),
+    # Random-weight TTS: an MMS-TTS-sized VITS (the tts default), tiny VITS and SpeechT5.
+    **tts_random.store_entries(),
 }
 
 

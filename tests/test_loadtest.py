@@ -1,0 +1,341 @@
+"""The load-test suite without a server: input data from every model's config, validation,
+what perf_analyzer prints and writes, the statistics, the repository variants."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from google.protobuf import text_format
+from tritonclient.grpc.model_config_pb2 import ModelConfig
+
+from scripts.loadtest_lib import content, inputs, local, perf, stats
+from scripts.loadtest_lib.content import ContentOptions, Sample
+from tests.harness import config as harness_config
+from tests.harness import validation
+from tests.speech import espeak_available
+
+ROOT = Path(__file__).resolve().parents[1]
+REPOSITORY = ROOT / "model_repository"
+SMALL = ContentOptions(samples=3, max_new_tokens=8, image_size=96, images_per_prompt=1)
+
+
+def config_of(model: str) -> ModelConfig:
+    model_dir = REPOSITORY / model
+    if not (model_dir / "config.pbtxt").is_file():
+        pytest.skip(f"model_repository/{model}/config.pbtxt does not exist yet")
+    return inputs.read_config(model_dir)
+
+
+def step_tensors(config: ModelConfig, step: dict) -> dict[str, np.ndarray]:
+    """What perf_analyzer sends for one data step: the tensors decoded from the JSON, with the
+    batch dimension it adds (-b 1) when the model batches."""
+    tensors = {}
+    for name, entry in step.items():
+        if "b64" in entry:
+            blob, items, offset = base64.b64decode(entry["b64"]), [], 0
+            while offset < len(blob):
+                (length,) = struct.unpack_from("<I", blob, offset)
+                items.append(blob[offset + 4 : offset + 4 + length])
+                offset += 4 + length
+            array = np.empty(len(items), dtype=np.object_)
+            array[:] = items
+        else:
+            kind = next(t for t in config.input if t.name == name)
+            array = np.array(entry["content"], dtype=inputs.NUMPY[inputs.type_name(kind)])
+        array = array.reshape(entry["shape"])
+        tensors[name] = array[np.newaxis] if config.max_batch_size > 0 else array
+    return tensors
+
+
+@pytest.mark.parametrize("model", sorted(content.MODELS))
+def test_input_data_for_every_model_passes_the_servers_checks(model: str) -> None:
+    """Data built from the model's config.pbtxt and its content generator is what the server
+    accepts: every step passes the server's request checks (names, types, shapes, batch)."""
+    config = config_of(model)
+    generator = content.generator_for(config)
+    if generator.name == "speech" and not espeak_available():
+        pytest.skip("espeak-ng makes the speech")
+    samples = generator.make(config, SMALL)
+    data = inputs.build_data(config, samples)
+    inputs.validate_data(config, data)
+    completed = harness_config.complete(config, REPOSITORY / model)
+    assert len(data["data"]) == SMALL.samples
+    required = {t.name for t in config.input if not t.optional}
+    for step in data["data"]:
+        assert required <= set(step)
+        validation.check_request(completed, step_tensors(config, step), [], "")
+    # The same samples as client tensors (the load generator, the in-process harness).
+    for sample in samples:
+        validation.check_request(completed, inputs.client_tensors(config, sample), [], "")
+
+
+def test_speech_content_is_real_audio() -> None:
+    if not espeak_available():
+        pytest.skip("espeak-ng makes the speech")
+    config = config_of("stt")
+    samples = content.generator_for(config).make(config, SMALL)
+    step = inputs.build_data(config, samples)["data"][1]
+    (wav,) = step_tensors(config, step)["audio"].reshape(-1)
+    audio, rate = sf.read(io.BytesIO(wav))
+    assert rate == content.CLIP_RATE
+    assert 1.0 < len(audio) / rate < 10.0
+    assert np.abs(audio).max() > 0.1  # speech, not silence
+    assert len({s.inputs["audio"] for s in samples}) == len(samples)  # distinct clips
+
+
+def test_prompts_carry_drawn_images_only_where_the_model_takes_images() -> None:
+    from PIL import Image
+
+    with_images = text_format.Parse(
+        'name: "vlm" max_batch_size: 4 input [{ name: "prompt" data_type: TYPE_STRING dims: [1] },'
+        ' { name: "images" data_type: TYPE_STRING dims: [-1] optional: true },'
+        ' { name: "max_new_tokens" data_type: TYPE_INT32 dims: [1] optional: true }]',
+        ModelConfig(),
+    )
+    text_only = text_format.Parse(
+        'name: "llm" max_batch_size: 4 input [{ name: "prompt" data_type: TYPE_STRING dims: [1] }]',
+        ModelConfig(),
+    )
+    options = ContentOptions(samples=2, image_size=80, images_per_prompt=2)
+    step = inputs.build_data(with_images, content.prompts(with_images, options))["data"][0]
+    assert step["images"]["shape"] == [2] and step["max_new_tokens"]["content"] == [32]
+    for data in step_tensors(with_images, step)["images"].reshape(-1):
+        assert Image.open(io.BytesIO(data)).size == (80, 80)
+    plain = inputs.build_data(text_only, content.prompts(text_only, options))["data"][0]
+    assert set(plain) == {"prompt"}  # no images, and max_new_tokens dropped: not in the config
+    prompt = step_tensors(text_only, plain)["prompt"].reshape(-1)[0].decode()
+    assert prompt in content.TEXT_PROMPTS
+
+
+def test_a_new_model_needs_only_a_generator() -> None:
+    """Unknown names pick the generator that provides their required inputs, or say what is
+    missing and where to add it."""
+    voice = text_format.Parse(
+        'name: "my_voice" input [{ name: "text" data_type: TYPE_STRING dims: [1] },'
+        ' { name: "voice" data_type: TYPE_STRING dims: [1] optional: true }]',
+        ModelConfig(),
+    )
+    assert content.generator_for(voice).name == "sentences"
+    odd = text_format.Parse(
+        'name: "odd" input [{ name: "tokens" data_type: TYPE_INT64 dims: [-1] }]', ModelConfig()
+    )
+    with pytest.raises(LookupError, match=r"no content generator for model 'odd'.*tokens"):
+        content.generator_for(odd)
+
+
+STT_LIKE = text_format.Parse(
+    'name: "m" max_batch_size: 8 input ['
+    '{ name: "audio" data_type: TYPE_STRING dims: [1] },'
+    '{ name: "max_new_tokens" data_type: TYPE_INT32 dims: [1] optional: true },'
+    '{ name: "temperature" data_type: TYPE_FP32 dims: [1] optional: true }]',
+    ModelConfig(),
+)
+
+
+def good_step() -> dict:
+    return inputs.build_data(
+        STT_LIKE, [Sample({"audio": b"RIFF1234", "max_new_tokens": 5, "temperature": 0.5}, "")]
+    )["data"][0]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda s: s.pop("audio"), r"required inputs \['audio'\] are missing"),
+        (lambda s: s.update(extra={"content": [1], "shape": [1]}), r"\['extra'\] are not in"),
+        (lambda s: s["audio"].update(shape=[2]), r"'audio': shape \[2\] does not fit.*\[1\]"),
+        (lambda s: s["max_new_tokens"].update(content=[1.5]), r"'max_new_tokens' \(TYPE_INT32\)"),
+        (lambda s: s["temperature"].update(content=[1, 2]), r"'temperature' needs 1 values"),
+        (
+            lambda s: s["audio"].update(b64=base64.b64encode(b"\x10\x00\x00\x00ab").decode()),
+            r"'audio': bad BYTES tensor: element of 16 bytes runs past the end",
+        ),
+        (lambda s: s["audio"].pop("b64"), r"BYTES input 'audio' must be given as 'b64'"),
+    ],
+)
+def test_validation_names_the_input_and_the_problem(change, message: str) -> None:
+    step = good_step()
+    inputs.validate_data(STT_LIKE, {"data": [step]})
+    change(step)
+    with pytest.raises(ValueError, match=message):
+        inputs.validate_data(STT_LIKE, {"data": [step]})
+
+
+def test_missing_required_content_is_an_error_naming_the_input() -> None:
+    with pytest.raises(ValueError, match=r"requires input 'audio'.*gives: text"):
+        inputs.build_data(STT_LIKE, [Sample({"text": "hello"}, "")])
+
+
+# Recorded from perf_analyzer 2.50 (tritonclient's wheel) against this project's stt model over
+# gRPC, and against tests/contract_models/stream_batch (decoupled) with --streaming.
+STDOUT_STT = """ Successfully read data for 1 stream/streams with 2 step/steps.
+*** Measurement Settings ***
+  Batch size: 1
+  Service Kind: TRITON
+  Sending 3 benchmark requests
+  Using synchronous calls for inference
+
+Request concurrency: 1
+  Client:
+    Request count: 3
+    Throughput: 0.249954 infer/sec
+    Avg latency: 3929851 usec (standard deviation 887709 usec)
+    p50 latency: 3632910 usec
+    p90 latency: 4927967 usec
+    p95 latency: 4927967 usec
+    p99 latency: 4927967 usec
+    Avg gRPC time: 3929816 usec ((un)marshal request/response 66 usec + response wait 3929750 usec)
+  Server:
+    Inference count: 3
+    Execution count: 3
+    Successful request count: 3
+    Avg request latency: 3929567 usec (overhead 4 usec + queue 20168 usec + compute input 137 usec + compute infer 3908532 usec + compute output 725 usec)
+
+Inferences/Second vs. Client Average Batch Latency
+Concurrency: 1, throughput: 0.249954 infer/sec, latency 3929851 usec
+"""
+CSV_STT = (
+    "Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,Server Compute Infer,Server Compute Output,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency,Avg latency,request/response,response wait\n"
+    "1,0.249954,62,221,20168,137,3908532,725,4,3632910,4927967,4927967,4927967,3929851,66,3929750\n"
+)
+STDOUT_STREAM = """  Detected decoupled model, using the first response for measuring latency
+
+Request concurrency: 2
+  Client:
+    Request count: 6
+    Throughput: 5.99549 infer/sec
+    Response Throughput: 23.9819 infer/sec
+    Avg latency: 11112 usec (standard deviation 8503 usec)
+    p50 latency: 15430 usec
+    p90 latency: 22617 usec
+    p95 latency: 22617 usec
+    p99 latency: 22617 usec
+
+  Server:
+    Inference count: 6
+"""
+
+
+def test_parses_perf_analyzers_stdout() -> None:
+    (block,) = perf.parse_stdout(STDOUT_STT)
+    assert block == {
+        "concurrency": 1,
+        "request_count": 3,
+        "throughput": 0.249954,
+        "avg_us": 3929851,
+        "p50_us": 3632910,
+        "p90_us": 4927967,
+        "p95_us": 4927967,
+        "p99_us": 4927967,
+    }
+    (stream,) = perf.parse_stdout(STDOUT_STREAM)
+    assert stream["concurrency"] == 2 and stream["response_throughput"] == 23.9819
+    assert perf.parse_stdout(STDOUT_STT + STDOUT_STREAM)[1]["p50_us"] == 15430
+
+
+def test_parses_perf_analyzers_csv(tmp_path: Path) -> None:
+    path = tmp_path / "report.csv"
+    path.write_text(CSV_STT, encoding="utf-8")
+    (row,) = perf.parse_csv(path)
+    assert row["Concurrency"] == 1 and row["Inferences/Second"] == 0.249954
+    assert row["Server Queue"] == 20168 and row["p99 latency"] == 4927967
+
+
+def test_reads_the_profile_export(tmp_path: Path) -> None:
+    """Timestamps per request and per response; raw request bytes do not break the reader."""
+    export = {
+        "experiments": [
+            {
+                "experiment": {"mode": "concurrency", "value": 2},
+                "requests": [
+                    {
+                        "timestamp": 1_000_000_000,
+                        "request_inputs": {"audio": "RIFF\u00ba\u00ff"},
+                        "response_timestamps": [1_100_000_000, 1_300_000_000],
+                        # A text chunk, then the final response with the count.
+                        "response_outputs": [
+                            {"text": "Hel", "completion_tokens": 1326583296},
+                            {"text": "", "completion_tokens": 7},
+                        ],
+                    },
+                    {
+                        "timestamp": 1_050_000_000,
+                        "request_inputs": {"audio": "x"},
+                        "response_timestamps": [1_250_000_000],
+                        "response_outputs": [{"completion_tokens": 5}],
+                    },
+                ],
+                "window_boundaries": [],
+            }
+        ]
+    }
+    path = tmp_path / "export.json"
+    path.write_bytes(json.dumps(export, ensure_ascii=False).encode("latin-1"))
+    timings, outputs = perf.read_export(path)
+    assert [t.responses_ns for t in timings] == [(1_100_000_000, 1_300_000_000), (1_250_000_000,)]
+    assert perf.generated_tokens(outputs) == 12
+    assert perf.generated_tokens([[{"completion_tokens": 3}], [{"text": "no count"}]]) is None
+    assert perf.generated_tokens([[{"completion_tokens": 2**31 - 5}]]) is None
+    summary = stats.summarize(timings)
+    assert summary["requests"] == 2 and summary["seconds"] == pytest.approx(0.3)
+    assert summary["throughput"] == pytest.approx(2 / 0.3)
+    assert summary["p50_ms"] == pytest.approx(200) and summary["p99_ms"] == pytest.approx(300)
+    assert summary["first_response_p50_ms"] == pytest.approx(100)
+    assert summary["responses_per_request"] == 1.5
+
+
+def test_summarize_refuses_requests_without_a_response() -> None:
+    with pytest.raises(ValueError, match="1 of 2 requests got no response"):
+        stats.summarize([stats.Timing(0, (5,)), stats.Timing(1, ())])
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = list(range(1, 101))
+    assert [stats.percentile(values, q) for q in (50, 90, 99, 100)] == [50, 90, 99, 100]
+    assert stats.percentile([3.0], 99) == 3.0
+
+
+def test_perf_analyzer_command(tmp_path: Path) -> None:
+    endpoint = perf.Endpoint("grpc", "host:8001")
+    settings = perf.PerfSettings(requests=16, rounds=3, shared_memory="system")
+    cmd = perf.command(
+        "vlm_stream", endpoint, tmp_path / "d.json", 8, settings, tmp_path / "r.csv",
+        tmp_path / "e.json", streaming=True,
+    )  # fmt: skip
+    text = " ".join(cmd)
+    assert "-m vlm_stream -u host:8001 -i grpc" in text
+    assert "--concurrency-range 8:8" in text and "--request-count 24" in text
+    assert "--streaming" in cmd and "--shared-memory system" in text
+    windows = perf.command(
+        "stt", endpoint, tmp_path / "d.json", 1, perf.PerfSettings(requests=0),
+        tmp_path / "r.csv", tmp_path / "e.json", streaming=False,
+    )  # fmt: skip
+    assert "--measurement-interval" in windows and "--request-count" not in windows
+    assert "--streaming" not in windows and "--shared-memory" not in windows
+
+
+def test_repository_copy_without_batching_changes_only_dynamic_batching(tmp_path: Path) -> None:
+    shipped = inputs.read_config(REPOSITORY / "stt")
+    assert shipped.HasField("dynamic_batching")
+    repo = local.repository_copy(REPOSITORY, ["stt"], tmp_path / "repo", batching=False)
+    variant = inputs.read_config(repo / "stt")
+    assert not variant.HasField("dynamic_batching")
+    shipped.ClearField("dynamic_batching")
+    assert variant == shipped
+    assert (repo / "stt" / "1" / "model.py").read_bytes() == (
+        REPOSITORY / "stt" / "1" / "model.py"
+    ).read_bytes()
+    with pytest.raises(LookupError, match="'nope' has no config.pbtxt"):
+        local.repository_copy(REPOSITORY, ["nope"], tmp_path / "other")
+
+
+def test_env_name_follows_the_models_settings_convention() -> None:
+    assert local.env_name("stt", "quantization") == "STT_QUANTIZATION"
+    assert local.env_name("vlm_stream", "model_path") == "VLM_STREAM_MODEL_PATH"
