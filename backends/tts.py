@@ -9,10 +9,14 @@ pause, and sentence-by-sentence streaming. What differs lives in one subclass pe
 chosen by the checkpoint's config.json (`ENGINES`):
 
 * `backends.tts_vits.VitsEngine`: VITS (MMS-TTS), non-autoregressive, speaker ids, per-row noise;
+* `backends.tts_piper.PiperEngine`: a Piper voice, a VITS whose decoder has "ResBlock2" blocks
+  and whose input is espeak-ng phonemes (the default voice);
 * `backends.tts_speecht5.SpeechT5Engine`: SpeechT5, an autoregressive mel decoder, speaker
   embeddings (x-vectors) as voices and a separate HiFi-GAN vocoder.
 
-A subclass implements `_forward(ids, utterances)`: ONE padded call for all utterances given,
+Text becomes model input ids while a request is validated (`TtsEngine.row`), not inside the
+batched call: a front end that refuses a sentence (or breaks: espeak-ng missing) fails only
+that request. A subclass implements `_forward(ids, utterances)`: ONE padded call for all utterances given,
 each waveform cut to its own length. `synthesize` sorts utterances by length and runs them in
 calls of at most `max_batch_sentences` (to bound memory), so the rows of every request in a
 Triton batch share forward passes; `speak` and `stream` build on it.
@@ -57,6 +61,7 @@ _SEED_MODULUS = 1 << 63
 #: is one line here plus its own module, and nothing else is imported until needed.
 ENGINES: dict[str, str] = {
     "vits": "backends.tts_vits:VitsEngine",
+    "piper": "backends.tts_piper:PiperEngine",
     "speecht5": "backends.tts_speecht5:SpeechT5Engine",
 }
 
@@ -127,6 +132,8 @@ class TtsRow:
     voice: int = 0  # index into the engine's voices
     speaking_rate: float = 1.0
     seed: int = 0
+    #: Each sentence's model input ids, made by the front end at validation time.
+    ids: tuple[tuple[int, ...], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +144,8 @@ class Utterance:
     voice: int
     speaking_rate: float
     seed: int
+    #: The front end's ids for `text`; None: encoded by `synthesize`.
+    ids: tuple[int, ...] | None = None
 
 
 def sentence_seed(seed: int, index: int) -> int:
@@ -246,13 +255,25 @@ class TtsEngine(ABC):
         speaking_rate: float | None = None,
         seed: int | None = None,
     ) -> TtsRow:
-        """A validated row from a client's values (None: not given)."""
+        """A validated row from a client's values (None: not given), its sentences encoded."""
+        sentences = self.prepare(text)
         return TtsRow(
-            sentences=self.prepare(text),
+            sentences=sentences,
             voice=self.check_voice(voice),
             speaking_rate=self.check_speaking_rate(speaking_rate),
             seed=self.check_seed(seed),
+            ids=self.encode(sentences),
         )
+
+    def encode(self, sentences: Sequence[str]) -> tuple[tuple[int, ...], ...]:
+        """The model input ids of one request's sentences, made while it is validated.
+
+        A front end can refuse text (Piper's: a sentence that gives no phoneme the voice knows,
+        INVALID_ARG) or break (espeak-ng missing or failing: PhonemizerError, INTERNAL). Done
+        here, per request, either is that request's own failure, never that of the batch it
+        would have joined.
+        """
+        return tuple(tuple(ids) for ids in self.front_end.encode(sentences))
 
     # --- execution ------------------------------------------------------------------------
 
@@ -288,11 +309,14 @@ class TtsEngine(ABC):
         """One float32 waveform per utterance, at `sampling_rate`.
 
         Utterances are sorted by token count and run in calls of at most
-        `max_batch_sentences`, so each padded call wastes little on padding.
+        `max_batch_sentences`, so each padded call wastes little on padding. Those without
+        ids (made by hand rather than by `row`) are encoded here first.
         """
         if not utterances:
             return []
-        ids = self.front_end.encode([u.text for u in utterances])
+        missing = [u.text for u in utterances if u.ids is None]
+        encoded = iter(self.front_end.encode(missing) if missing else [])
+        ids = [list(next(encoded) if u.ids is None else u.ids) for u in utterances]
         order = sorted(range(len(utterances)), key=lambda i: len(ids[i]))
         size = self.limits.max_batch_sentences
         results: dict[int, np.ndarray] = {}
@@ -335,6 +359,7 @@ def _utterance(row: TtsRow, index: int) -> Utterance:
         voice=row.voice,
         speaking_rate=row.speaking_rate,
         seed=sentence_seed(row.seed, index),
+        ids=None if row.ids is None else row.ids[index],
     )
 
 

@@ -46,11 +46,27 @@ from shared.quantization import Placement
 class VitsEngine(TtsEngine):
     """A loaded VITS checkpoint: voices are speaker ids ("0", "1", ...), one for MMS-TTS."""
 
-    def __init__(self, loaded: Loaded, front_end: FrontEnd, limits: TextLimits) -> None:
+    def __init__(
+        self,
+        loaded: Loaded,
+        front_end: FrontEnd,
+        limits: TextLimits,
+        noise_scale: float | None = None,
+        noise_scale_duration: float | None = None,
+    ) -> None:
         super().__init__(front_end, limits, max_sentence_chars=limits.max_sentence_chars)
         self._loaded = loaded
         self.model = loaded.model
         config = self.model.config
+        # The noise settings (None: the checkpoint's own, which VitsModel copied from its
+        # config): how much the prior's noise varies the voice, and the duration predictor's
+        # how much it varies the rhythm (Piper calls them noise_scale and noise_w).
+        self.noise_scale = float(self.model.noise_scale if noise_scale is None else noise_scale)
+        self.noise_scale_duration = float(
+            self.model.noise_scale_duration
+            if noise_scale_duration is None
+            else noise_scale_duration
+        )
         self.sampling_rate = int(config.sampling_rate)
         self.voices = self.voice_names(config)
         self.hop = int(np.prod(config.upsample_rates))
@@ -71,8 +87,15 @@ class VitsEngine(TtsEngine):
         limits: TextLimits,
         settings: Mapping[str, Any] | None = None,
     ) -> VitsEngine:
+        settings = settings or {}
         loaded = cls.load_model(model_dir, placement)
-        return cls(loaded, cls.front_end_for(model_dir, loaded), limits)
+        return cls(
+            loaded,
+            cls.front_end_for(model_dir, loaded),
+            limits,
+            noise_scale=settings.get("noise_scale"),
+            noise_scale_duration=settings.get("noise_w"),
+        )
 
     @classmethod
     def load_model(cls, model_dir: Path, placement: Placement) -> Loaded:
@@ -93,8 +116,12 @@ class VitsEngine(TtsEngine):
 
     def describe(self) -> str:
         return (
-            f"vits voices={len(self.voices)} rate={self.sampling_rate} Hz {self._loaded.describe()}"
+            f"vits voices={len(self.voices)} rate={self.sampling_rate} Hz "
+            f"{self._noise_settings()} {self._loaded.describe()}"
         )
+
+    def _noise_settings(self) -> str:
+        return f"noise_scale={self.noise_scale:g} noise_w={self.noise_scale_duration:g}"
 
     # --- synthesis ------------------------------------------------------------------------------
 
@@ -150,7 +177,7 @@ class VitsEngine(TtsEngine):
             for r, (n, gen) in enumerate(zip(lengths, generators, strict=True)):
                 noise[r, :, :n] = torch.randn((2, n), generator=gen, device=device)
             log_duration = self._stochastic_log_durations(
-                hidden, padding_mask, speakers, noise.to(dtype) * model.noise_scale_duration
+                hidden, padding_mask, speakers, noise.to(dtype) * self.noise_scale_duration
             )
         else:
             log_duration = model.duration_predictor(hidden, padding_mask, speakers)
@@ -181,7 +208,7 @@ class VitsEngine(TtsEngine):
         for r, (n, gen) in enumerate(zip(frames.tolist(), generators, strict=True)):
             drawn = torch.empty_strided((channels, n), (1, channels), device=device, dtype=dtype)
             noise[r, :, :n] = drawn.normal_(generator=gen)
-        prior = means + noise * torch.exp(log_variances) * model.noise_scale
+        prior = means + noise * torch.exp(log_variances) * self.noise_scale
         latents = model.flow(prior, output_mask, speakers, reverse=True)
         spectrogram = nn.functional.pad(latents * output_mask, (0, self.margin_frames))
         waveform = model.decoder(spectrogram, speakers).squeeze(1)

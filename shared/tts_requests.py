@@ -8,6 +8,7 @@ module holds them once, so each `model.py` is only its execution pattern. Like
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,12 +23,41 @@ from shared.errors import invalid
 from shared.loading import plan_load
 from shared.params import Param, load_params
 
+#: The default voice: Piper's en_US "joe" (shared/model_store/piper_voice.py builds it).
+DEFAULT_VOICE = "piper-en_US-joe-medium"
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {text!r}")
+    return value
+
+
 PARAMS = [
-    *load_params(default_model_path="mms-tts-eng-random"),
+    *load_params(default_model_path=DEFAULT_VOICE),
     Param(
         "vocoder_path",
         "",
         doc="SpeechT5 only: the HiFi-GAN vocoder in the store; empty: <model_path>/vocoder",
+    ),
+    Param(
+        "noise_scale",
+        None,
+        parse=_finite,
+        minimum=0.0,
+        maximum=2.0,
+        doc="VITS: how much the voice varies (timbre, intonation); empty: the checkpoint's "
+        "own (Piper's noise_scale, 0.667 for en_US-joe); 0: none",
+    ),
+    Param(
+        "noise_w",
+        None,
+        parse=_finite,
+        minimum=0.0,
+        maximum=2.0,
+        doc="VITS: how much the rhythm varies (VitsModel's noise_scale_duration, Piper's "
+        "noise_w); empty: the checkpoint's own (0.8 for en_US-joe); 0: none",
     ),
     Param(
         "max_text_chars", 2000, parse=int, minimum=1, maximum=100_000, doc="longest text accepted"

@@ -275,15 +275,14 @@ def test_a_cancelled_stream_gets_no_more_audio(
 # --- other checkpoints and settings ---------------------------------------------------------------
 
 
-def test_the_default_checkpoint_is_single_speaker_mms_tts(
-    model_store: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("MODEL_STORE", str(model_store))
-    with ModelHarness(TTS) as default:
-        assert any("loaded vits voices=1 rate=16000 Hz" in m for _, m in default.logs)
-        audio, rate = samples(default.infer(inputs("Hi.", seed=1, format="pcm_f32", voice="0")))
+def test_mms_tts_sized_vits_is_single_speaker(model_store: Path) -> None:
+    # The default is the real Piper voice (tests/test_tts_piper.py); the random-weight
+    # MMS-TTS-sized VITS stays servable, as the proof that any VITS checkpoint is.
+    for loaded in harness(TTS, model_store, model_path="mms-tts-eng-random"):
+        assert any("loaded vits voices=1 rate=16000 Hz" in m for _, m in loaded.logs)
+        audio, rate = samples(loaded.infer(inputs("Hi.", seed=1, format="pcm_f32", voice="0")))
         assert rate == 16_000 and 0.05 < audio.shape[0] / rate < 2.0
-        refused = default.infer(inputs("Hi.", voice="1"))
+        refused = loaded.infer(inputs("Hi.", voice="1"))
         assert refused.code == "INVALID_ARG" and "its 1 voice(s): '0'" in refused.message
 
 

@@ -12,67 +12,27 @@ import queue
 import re
 import time
 import urllib.request
-from functools import partial
 from typing import Any
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from PIL import Image
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+from tritonclient.utils import InferenceServerException
 
-from shared.image import encode_image
 from shared.local_server import LocalTritonServer
+from tests.chat_client import (
+    answer,
+    arrays,
+    http,
+    image,
+    model_statistics,
+    served_and_executions,
+    stream_results,
+    tensors,
+)
 
 pytestmark = pytest.mark.server
-
-
-def image(width: int, height: int, seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    return encode_image(Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)))
-
-
-def arrays(prompt: str, images: tuple[bytes, ...] = (), **options: Any) -> dict[str, np.ndarray]:
-    inputs = {"prompt": np.array([[prompt.encode()]], dtype=np.object_)}
-    if images:
-        inputs["images"] = np.array([list(images)], dtype=np.object_)
-    for name, value in options.items():
-        if isinstance(value, str):
-            inputs[name] = np.array([[value.encode()]], dtype=np.object_)
-        elif isinstance(value, bool):
-            inputs[name] = np.array([[value]], dtype=bool)
-        elif isinstance(value, int):
-            inputs[name] = np.array([[value]], dtype=np.int64 if name == "seed" else np.int32)
-        else:
-            inputs[name] = np.array([[value]], dtype=np.float32)
-    return inputs
-
-
-def tensors(module: Any, inputs: dict[str, np.ndarray]) -> list[Any]:
-    result = []
-    for name, value in inputs.items():
-        tensor = module.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
-        tensor.set_data_from_numpy(value)
-        result.append(tensor)
-    return result
-
-
-def answer(result: Any) -> tuple[str, str, int, int]:
-    return (
-        result.as_numpy("text")[0, 0].decode("utf-8"),
-        result.as_numpy("finish_reason")[0, 0].decode("utf-8"),
-        int(result.as_numpy("prompt_tokens")[0, 0]),
-        int(result.as_numpy("completion_tokens")[0, 0]),
-    )
-
-
-def http(server: LocalTritonServer, model: str, inputs: dict[str, np.ndarray]) -> tuple:
-    client = httpclient.InferenceServerClient(server.http_url, network_timeout=300)
-    try:
-        return answer(client.infer(model, tensors(httpclient, inputs)))
-    finally:
-        client.close()
 
 
 def metric(server: LocalTritonServer, name: str, model: str) -> float:
@@ -133,21 +93,14 @@ def test_concurrent_requests_are_batched_and_equal_one_at_a_time(
         vlm_server.http_url, concurrency=len(requests), network_timeout=300
     )
     try:
-        before = client.get_inference_statistics("vlm")["model_stats"][0]
+        before = model_statistics(vlm_server, "vlm")
         pending = [client.async_infer("vlm", tensors(httpclient, inputs)) for inputs in requests]
         together = [answer(p.get_result()) for p in pending]
-        deadline = time.monotonic() + 10
-        while True:  # Triton updates the statistics after the responses are out
-            after = client.get_inference_statistics("vlm")["model_stats"][0]
-            served = after["inference_count"] - before["inference_count"]
-            if served >= len(requests) or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
     finally:
         client.close()
+    served, executions = served_and_executions(vlm_server, "vlm", before, len(requests))
     assert together == alone
     assert served == len(requests)
-    executions = after["execution_count"] - before["execution_count"]
     assert executions < served, "requests with different image counts were never batched"
 
 
@@ -236,40 +189,6 @@ def test_llm_serves_text_from_its_own_checkpoint(vlm_server: LocalTritonServer) 
 
 
 # --- gRPC streaming ------------------------------------------------------------------------
-
-
-def stream_results(server: LocalTritonServer, requests: list[dict[str, np.ndarray]]) -> list:
-    """Each request's (pieces, final result) through one gRPC stream."""
-    responses: queue.Queue = queue.Queue()
-
-    def callback(sink: queue.Queue, result: Any, error: Any) -> None:
-        sink.put((result, error))
-
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    client.start_stream(callback=partial(callback, responses))
-    try:
-        for index, inputs in enumerate(requests):
-            client.async_stream_infer(
-                "vlm_stream",
-                tensors(grpcclient, inputs),
-                request_id=str(index),
-                enable_empty_final_response=True,
-            )
-        pieces: dict[str, list[str]] = {str(i): [] for i in range(len(requests))}
-        finals: dict[str, Any] = {}
-        while len(finals) < len(requests):
-            result, error = responses.get(timeout=120)
-            if error is not None:
-                raise error
-            response = result.get_response()
-            if response.parameters["triton_final_response"].bool_param:
-                finals[response.id] = result
-            else:
-                pieces[response.id].append(result.as_numpy("text")[0, 0].decode("utf-8"))
-        return [(pieces[str(i)], finals[str(i)]) for i in range(len(requests))]
-    finally:
-        client.stop_stream()
-        client.close()
 
 
 def test_stream_sends_pieces_in_order_and_a_final_response(vlm_server: LocalTritonServer) -> None:

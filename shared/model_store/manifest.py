@@ -22,8 +22,17 @@ MARKER = ".complete"
 
 
 def checkpoint_files(directory: Path) -> list[Path]:
-    """The entry's files (not the manifest), in a stable order."""
-    return [p for p in sorted(Path(directory).iterdir()) if p.is_file() and p.name != MARKER]
+    """The entry's files (not the manifest), subdirectories included, in a stable order.
+
+    Some entries nest a part in a subdirectory (SpeechT5's `vocoder/`): its files are named in
+    the manifest by their path relative to the entry, so a truncated one there is noticed too.
+    """
+    directory = Path(directory)
+    return [
+        p
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.relative_to(directory).as_posix() != MARKER
+    ]
 
 
 def is_complete(target: Path, expected: dict[str, Any]) -> bool:
@@ -53,13 +62,18 @@ def publish(built: Path, target: Path, expected: dict[str, Any], scratch: Path) 
 
     `scratch` is a directory on the same file system that the caller deletes afterwards: an
     older `target` is renamed into it first (a rename, so the swap never leaves a gap that
-    holds a partial directory). Files are made world-readable, since safetensors writes 0600
-    and the server may run as another user than the one who built the store.
+    holds a partial directory). Files and directories are made world-readable, since
+    safetensors writes 0600 and the server may run as another user than the one who built the
+    store.
     """
     built, target = Path(built), Path(target)
-    for path in checkpoint_files(built):
+    files = checkpoint_files(built)
+    for path in [built, *(p for p in built.rglob("*") if p.is_dir())]:
+        path.chmod(0o755)
+    for path in files:
         path.chmod(0o644)
-    manifest = {**expected, "files": {p.name: p.stat().st_size for p in checkpoint_files(built)}}
+    sizes = {p.relative_to(built).as_posix(): p.stat().st_size for p in files}
+    manifest = {**expected, "files": sizes}
     with open(built / MARKER, "w", encoding="utf-8") as handle:
         json.dump(manifest, handle, indent=2)
     if target.is_dir() and not target.is_symlink():

@@ -39,20 +39,14 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.model_store.wheels import (
-    CHECKPOINT_MANIFEST,
-    checkpoint_is_complete,
-    progress,
-    remove_stale_temp_dirs,
-    remove_tree,
-)
+from shared.model_store import manifest
+from shared.model_store.wheels import progress, remove_stale_temp_dirs
 
 #: Bumped whenever the files written here change, so stores built by older code are redone.
 REVISION = 1
@@ -257,20 +251,17 @@ def _expected(variant: str, seed: int) -> dict[str, Any]:
     return {"builder": "tts_random", "revision": REVISION, "variant": variant, "seed": seed}
 
 
-def _files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*") if p.is_file() and p.name != CHECKPOINT_MANIFEST)
-
-
 def is_complete(dest: Path, variant: str, seed: int = 0) -> bool:
     """True when `dest` holds a finished build of `variant`/`seed` by this revision."""
-    return checkpoint_is_complete(Path(dest), _expected(variant, seed))
+    return manifest.is_complete(Path(dest), _expected(variant, seed))
 
 
 def build_random_tts(dest: Path, variant: str, seed: int = 0) -> Path:
     """Write a random-weight TTS checkpoint of `variant` to `dest`; a no-op when complete.
 
-    Written into a temporary directory next to `dest` and renamed into place when finished,
-    the manifest last, so a reader never sees half of one. Returns `dest`.
+    Written into a temporary directory next to `dest` and published into place when finished,
+    the manifest last (`shared.model_store.manifest.publish`), so a reader never sees half of
+    one. Returns `dest`.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown TTS variant {variant!r}; known: {sorted(VARIANTS)}")
@@ -284,25 +275,8 @@ def build_random_tts(dest: Path, variant: str, seed: int = 0) -> Path:
         work = Path(tmp) / "checkpoint"
         work.mkdir()
         VARIANTS[variant].write(work, seed)
-        # safetensors writes 0600; the server may run as another user than the builder.
-        for path in [work, *work.rglob("*")]:
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        manifest = {
-            **_expected(variant, seed),
-            "files": {str(p.relative_to(work)): p.stat().st_size for p in _files(work)},
-        }
-        with open(work / CHECKPOINT_MANIFEST, "w", encoding="utf-8") as handle:
-            json.dump(manifest, handle, indent=2)
-        if dest.is_dir() and not dest.is_symlink():
-            os.replace(dest, Path(tmp) / "stale")  # out of the way, deleted with `tmp`
-        else:
-            remove_tree(dest)
-        try:
-            os.replace(work, dest)
-        except OSError:
-            if not is_complete(dest, variant, seed):  # another builder finished first
-                raise
-    size_mb = sum(p.stat().st_size for p in _files(dest)) / 1e6
+        manifest.publish(work, dest, _expected(variant, seed), Path(tmp))
+    size_mb = sum(p.stat().st_size for p in manifest.checkpoint_files(dest)) / 1e6
     progress(f"built random-weight TTS ({variant}, seed {seed}) in {dest} ({size_mb:.1f} MB)")
     return dest
 

@@ -228,18 +228,3 @@ def remove_tree(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
-
-
-#: The name of a finished store entry's manifest: `shared.model_store.manifest.MARKER`.
-CHECKPOINT_MANIFEST = ".complete"
-
-
-def checkpoint_is_complete(target: Path, expected: Mapping[str, object]) -> bool:
-    """True when `target` is a finished store entry built as `expected` says.
-
-    The one implementation is `shared.model_store.manifest.is_complete` (imported here when
-    called, since that module imports this one); this name is kept for callers of this module.
-    """
-    from shared.model_store.manifest import is_complete
-
-    return is_complete(Path(target), dict(expected))

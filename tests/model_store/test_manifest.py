@@ -58,3 +58,19 @@ def test_an_entry_is_incomplete_when_anything_differs(tmp_path: Path) -> None:
     assert not is_complete(target, EXPECTED)
     (target / MARKER).write_text("not json", encoding="utf-8")
     assert not is_complete(target, EXPECTED)
+
+
+def test_files_in_subdirectories_are_named_by_their_path(tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    built = built_dir(scratch)
+    (built / "vocoder").mkdir(mode=0o700)
+    (built / "vocoder" / "model.safetensors").write_bytes(b"vocoder")
+    target = tmp_path / "entry"
+    publish(built, target, EXPECTED, scratch)
+    manifest = json.loads((target / MARKER).read_text(encoding="utf-8"))
+    assert manifest["files"]["vocoder/model.safetensors"] == 7
+    assert (target / "vocoder").stat().st_mode & 0o777 == 0o755
+    assert is_complete(target, EXPECTED)
+    (target / "vocoder" / "model.safetensors").write_bytes(b"half")  # truncated, nested
+    assert not is_complete(target, EXPECTED)

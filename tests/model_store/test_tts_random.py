@@ -23,8 +23,8 @@ from transformers import (
     VitsConfig,
 )
 
+from shared.model_store.manifest import MARKER
 from shared.model_store.tts_random import VARIANTS, build_random_tts, is_complete
-from shared.model_store.wheels import CHECKPOINT_MANIFEST
 
 VITS_FILES = {
     "config.json",
@@ -32,7 +32,7 @@ VITS_FILES = {
     "vocab.json",
     "added_tokens.json",
     "tokenizer_config.json",
-    CHECKPOINT_MANIFEST,
+    MARKER,
 }
 SPEECHT5_FILES = {
     "config.json",
@@ -43,7 +43,7 @@ SPEECHT5_FILES = {
     "voices.safetensors",
     "vocoder/config.json",
     "vocoder/model.safetensors",
-    CHECKPOINT_MANIFEST,
+    MARKER,
 }
 
 
@@ -174,7 +174,7 @@ def test_same_seed_same_bytes_other_seed_other_weights(tmp_path: Path) -> None:
     a = build_random_tts(tmp_path / "a", "speecht5-tiny", seed=3)
     b = build_random_tts(tmp_path / "b", "speecht5-tiny", seed=3)
     c = build_random_tts(tmp_path / "c", "speecht5-tiny", seed=4)
-    for name in SPEECHT5_FILES - {CHECKPOINT_MANIFEST}:
+    for name in SPEECHT5_FILES - {MARKER}:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     assert (a / "model.safetensors").read_bytes() != (c / "model.safetensors").read_bytes()
     assert (a / "spm_char.model").read_bytes() == (c / "spm_char.model").read_bytes()
@@ -190,7 +190,7 @@ def test_building_twice_is_a_no_op_and_a_broken_build_is_redone(tmp_path: Path) 
     build_random_tts(dest, "speecht5-tiny")
     assert vocoder.stat().st_size > 4 and is_complete(dest, "speecht5-tiny")
     build_random_tts(dest, "speecht5-tiny", seed=1)  # another seed replaces it
-    manifest = json.loads((dest / CHECKPOINT_MANIFEST).read_text(encoding="utf-8"))
+    manifest = json.loads((dest / MARKER).read_text(encoding="utf-8"))
     assert manifest["seed"] == 1 and "vocoder/model.safetensors" in manifest["files"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]  # no temporary dirs left
     with pytest.raises(ValueError, match="unknown TTS variant"):
