@@ -20,7 +20,7 @@ import triton_python_backend_utils as pb_utils
 
 from shared import triton
 from shared.chat import MAX_STOP_CHARS, ChatRequest, Completion
-from shared.errors import invalid
+from shared.errors import ErrorCode, RequestError, invalid
 from shared.streaming import Stream
 
 
@@ -176,3 +176,50 @@ class GenerationMetrics:
                     f"{self._model}: the client cancelled; generation stopped after "
                     f"{completion.completion_tokens} tokens"
                 )
+
+
+class UnaryChatModel:
+    """The whole `TritonPythonModel` of the unary chat models, `vlm` and `llm`.
+
+    They differ only in their settings (`llm` has no images), so each `model.py` subclasses
+    this with its `params` and the engine's loader (`backends.vlm_chat.ChatService.load`;
+    passed in, because `shared` never imports `backends`). One batched generate() per
+    execute(); each request keeps its own sampling options.
+    """
+
+    params: Sequence[Any]
+    load_service: Any  # Callable[[LoadPlan], ChatService]
+
+    def initialize(self, args: dict[str, str]) -> None:
+        from shared.loading import plan_load
+
+        self.name = args["model_name"]
+        plan = plan_load(args, self.params)
+        self.service = type(self).load_service(plan)
+        self.errors = triton.ErrorCounter(self.name)
+        self.metrics = GenerationMetrics(self.name)
+        pb_utils.Logger.log_info(
+            f"{self.name}: loaded {plan.model_dir}: {self.service.engine.describe()}"
+        )
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        return triton.run_batch(
+            requests, self._parse, self._run, self._respond, self.name, self.errors
+        )
+
+    def _parse(self, request: Any) -> list[tuple[Any, RequestSink]]:
+        sink = RequestSink(request)
+        chats = read_chat_requests(request, self.service.settings)
+        return [(self.service.prepare(chat), sink) for chat in chats]
+
+    def _run(self, rows: list[tuple[Any, RequestSink]]) -> list[Completion]:
+        completions = self.service.run([row for row, _ in rows], [sink for _, sink in rows])
+        self.metrics.record(completions)
+        return completions
+
+    def _respond(self, request: Any, completions: list[Completion]) -> Any:
+        if any(c.finish_reason == "cancelled" for c in completions):
+            return triton.error_response(
+                RequestError("the request was cancelled", ErrorCode.CANCELLED)
+            )
+        return pb_utils.InferenceResponse(output_tensors=completion_tensors(completions))
