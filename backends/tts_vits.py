@@ -67,6 +67,13 @@ class VitsEngine(TtsEngine):
             if noise_scale_duration is None
             else noise_scale_duration
         )
+        if config.use_stochastic_duration_prediction:
+            # Durations are computed in float32 whatever the model's dtype: in bfloat16 the
+            # predictor's rational-quadratic spline can round its discriminant below zero
+            # (transformers then raises ValueError for that sentence: measured with the Piper
+            # voice), and sums and cumulative sums of frame counts above 256 are not exact.
+            # The predictor is small (convolutions only): float32 costs nothing measurable.
+            self.model.duration_predictor.float()
         self.sampling_rate = int(config.sampling_rate)
         self.voices = self.voice_names(config)
         self.hop = int(np.prod(config.upsample_rates))
@@ -172,19 +179,24 @@ class VitsEngine(TtsEngine):
         padding_mask = padding_mask.transpose(1, 2)
 
         if config.use_stochastic_duration_prediction:
-            # As the predictor draws it for a batch of one: (1, 2, tokens), float32, then cast.
+            # As the predictor draws it for a batch of one: (1, 2, tokens), float32; the
+            # predictor itself runs in float32 (see __init__).
             noise = torch.zeros((rows, 2, input_ids.shape[1]), device=device)
             for r, (n, gen) in enumerate(zip(lengths, generators, strict=True)):
                 noise[r, :, :n] = torch.randn((2, n), generator=gen, device=device)
             log_duration = self._stochastic_log_durations(
-                hidden, padding_mask, speakers, noise.to(dtype) * self.noise_scale_duration
+                hidden.float(),
+                padding_mask.float(),
+                None if speakers is None else speakers.float(),
+                noise * self.noise_scale_duration,
             )
         else:
             log_duration = model.duration_predictor(hidden, padding_mask, speakers)
 
-        rates = torch.tensor([u.speaking_rate for u in utterances], device=device, dtype=dtype)
+        # frame counts in float32 (exact integers), whatever the model's dtype
+        rates = torch.tensor([u.speaking_rate for u in utterances], device=device)
         length_scale = (1.0 / (model.speaking_rate * rates)).view(rows, 1, 1)
-        duration = torch.ceil(torch.exp(log_duration) * padding_mask * length_scale)
+        duration = torch.ceil(torch.exp(log_duration.float()) * padding_mask.float() * length_scale)
         frames = torch.clamp_min(torch.sum(duration, [1, 2]), 1).long()
 
         # Expand the prior over the predicted frames, exactly as VitsModel.forward does.
