@@ -339,3 +339,164 @@ def test_repository_copy_without_batching_changes_only_dynamic_batching(tmp_path
 def test_env_name_follows_the_models_settings_convention() -> None:
     assert local.env_name("stt", "quantization") == "STT_QUANTIZATION"
     assert local.env_name("vlm_stream", "model_path") == "VLM_STREAM_MODEL_PATH"
+
+
+def test_openai_chat_target_sends_greedy_chat_and_counts_tokens() -> None:
+    """The peer's client: one user message per prompt, greedy, max_tokens; tokens/s and the
+    answers come from the OpenAI response (usage.completion_tokens, the message content)."""
+    import asyncio
+
+    from aiohttp import web
+
+    from scripts.loadtest_lib import loadgen
+
+    bodies: list[dict] = []
+
+    async def completions(request: web.Request) -> web.Response:
+        body = await request.json()
+        bodies.append(body)
+        prompt = body["messages"][0]["content"]
+        return web.json_response(
+            {
+                "choices": [{"message": {"role": "assistant", "content": prompt.upper()}}],
+                "usage": {"completion_tokens": len(prompt)},
+            }
+        )
+
+    samples = [Sample({"prompt": "ab"}, "ab"), Sample({"prompt": "cde"}, "cde")]
+
+    async def main() -> loadgen.Level:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", completions)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        target = loadgen.OpenAiChatTarget(
+            f"http://127.0.0.1:{port}/v1/chat/completions", samples, 2, max_tokens=7
+        )
+        try:
+            return await loadgen.closed_loop(target, len(samples), 2, 4)
+        finally:
+            await target.close()
+            await runner.cleanup()
+
+    level = asyncio.run(main())
+    assert len(bodies) == 4 and len(level.timings) == 4
+    assert bodies[0] == {
+        "messages": [{"role": "user", "content": "ab"}],
+        "max_tokens": 7,
+        "temperature": 0.0,
+        "stream": False,
+    }
+    figures = loadgen.token_figures(level)
+    assert figures["answers"] == {"0": "AB", "1": "CDE"}
+    assert figures["mean_completion_tokens"] == 2.5
+    seconds = stats.summarize(level.timings)["seconds"]
+    assert figures["tokens_per_s"] == pytest.approx(10 / seconds)
+
+
+def test_peer_ratios_compare_the_top_and_the_lowest_level() -> None:
+    from scripts.loadtest_lib import peers
+
+    def level(concurrency: int, throughput: float, tokens: float, ms: float, answers: dict):
+        return {
+            "concurrency": concurrency,
+            "throughput": throughput,
+            "tokens_per_s": tokens,
+            "p99_ms": 1000.0 / throughput,
+            "ms_per_output_token": ms,
+            "answers": answers,
+        }
+
+    ours = {"levels": [level(1, 0.5, 15, 60, {"0": "a", "1": "b"}), level(16, 3, 90, 160, {})]}
+    theirs = {"levels": [level(1, 2, 60, 15, {"0": "a", "1": "c"}), level(16, 4, 120, 90, {})]}
+    ratios = peers.ratios(ours, theirs)
+    assert ratios["requests/s Triton / llama-server at concurrency 16"] == 0.75
+    assert ratios["tokens/s Triton / llama-server at concurrency 16"] == 0.75
+    assert ratios["time per output token Triton / llama-server at concurrency 1"] == 4.0
+    assert ratios["identical greedy answers at concurrency 1 (share of prompts)"] == 0.5
+
+
+def test_llama_server_is_started_with_slots_threads_and_the_ggufs_template(
+    tmp_path: Path,
+) -> None:
+    import argparse
+
+    from scripts.loadtest_lib import peers
+
+    args = argparse.Namespace(
+        llama_server=tmp_path / "llama-server", gguf=tmp_path / "m.gguf",
+        slots=16, threads=2, context_per_slot=512,
+    )  # fmt: skip
+    cmd = " ".join(peers.llama_server_command(args, 9000))
+    assert cmd.startswith(f"{tmp_path}/llama-server --model {tmp_path}/m.gguf")
+    assert "--parallel 16" in cmd and "--threads 2" in cmd and "--ctx-size 8192" in cmd
+    assert "--jinja" in cmd and "--port 9000" in cmd and "--host 127.0.0.1" in cmd
+
+
+def test_setup_ratios_report_identical_answers_and_word_error_rate() -> None:
+    from scripts.loadtest_lib import benchmarks
+
+    samples = [
+        Sample({"audio": b""}, "2.0 s, en-us at 160 wpm: open the door"),
+        Sample({"audio": b""}, "2.0 s, en-gb at 160 wpm: thank you"),
+    ]
+
+    def run(throughput: float, answers: dict) -> dict:
+        return {"batches": {"8": {"throughput": throughput, "answers": answers}}}
+
+    ratios = benchmarks.setup_ratios(
+        {
+            "none float32": run(2.0, {"0": "Open the door.", "1": "Thank you."}),
+            "nf4 bfloat16": run(3.0, {"0": "Open the door.", "1": "Thank you, too."}),
+        },
+        samples,
+    )
+    assert ratios["none float32 batch 8: word error rate"] == 0.0
+    assert ratios["nf4 bfloat16 batch 8: throughput vs. none float32"] == 1.5
+    assert ratios["nf4 bfloat16 batch 8: answers identical to none float32 (share)"] == 0.5
+    assert ratios["nf4 bfloat16 batch 8: word error rate"] == pytest.approx(1 / 5)
+
+
+def test_setups_are_quantization_dtype_pairs() -> None:
+    import argparse
+
+    from scripts.loadtest_lib import benchmarks
+
+    assert benchmarks.parse_setups("none:float32,nf4:bfloat16") == [
+        ("none", "float32"),
+        ("nf4", "bfloat16"),
+    ]
+    with pytest.raises(argparse.ArgumentTypeError, match="QUANTIZATION:DTYPE, got 'nf4'"):
+        benchmarks.parse_setups("nf4")
+    assert benchmarks.setup_env("llm", "nf4", "bfloat16") == {
+        "LLM_QUANTIZATION": "nf4",
+        "LLM_DTYPE": "bfloat16",
+    }
+
+
+def test_quantization_series_are_named_by_dtype_only_when_dtypes_are_compared() -> None:
+    from scripts.loadtest_lib import benchmarks
+
+    assert benchmarks._series_name("nf4", "auto", ["auto"]) == "nf4"
+    assert benchmarks._series_name("nf4", "bfloat16", ["float32", "bfloat16"]) == "nf4 bfloat16"
+
+
+def test_setup_ratios_for_prompts_compare_answers_without_a_word_error_rate() -> None:
+    from scripts.loadtest_lib import benchmarks
+
+    samples = [Sample({"prompt": "Who wrote Hamlet?"}, "Who wrote Hamlet?")]
+
+    def run(answer: str) -> dict:
+        return {
+            "batches": {"1": {"throughput": 1.0, "tokens_per_s": 9.0, "answers": {"0": answer}}}
+        }
+
+    ratios = benchmarks.setup_ratios(
+        {"none float32": run("Shakespeare."), "none bfloat16": run("Shakespeare.")}, samples
+    )
+    assert ratios["none bfloat16 batch 1: answers identical to none float32 (share)"] == 1.0
+    assert ratios["none bfloat16 batch 1: tokens/s"] == 9.0
+    assert not any("word error rate" in key for key in ratios)

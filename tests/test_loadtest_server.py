@@ -161,6 +161,30 @@ def test_in_process_ceiling_runs_the_models_own_code(model_store: Path) -> None:
     )
     assert [run["requests"] for run in result["batches"].values()] == [1, 2]
     assert result["best_batch_size"] in (1, 2) and result["best_throughput"] > 0
+    # each request's transcript is kept, to compare setups (dtypes) on what they answer
+    heard = result["batches"]["2"]["answers"]
+    assert sorted(heard) == ["0", "1"]
+    for index, text in heard.items():
+        spoken = samples[int(index)].note.split(": ", 1)[1]
+        assert word_error_rate(spoken, text) < 0.5, (spoken, text)
+
+
+def test_numerics_command_runs_the_model_per_setup(model_store: Path, tmp_path: Path) -> None:
+    """`scripts/loadtest numerics`: the same model in-process in float32 and bfloat16, its
+    answers compared; bfloat16 Whisper still hears the words."""
+    out = tmp_path / "numerics"
+    done = loadtest(
+        "numerics", "-m", "stt", "--setups", "none:float32,none:bfloat16",
+        "--batch-sizes", "2", "--samples", "2", "--requests", "2",
+        "--env", f"MODEL_STORE={model_store}", "--env", "STT_MODEL_PATH=whisper-tiny.en",
+        "--out", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    ratios = json.loads((out / "results.json").read_text())["models"]["stt"]["ratios"]
+    assert ratios["none float32 batch 2: requests/s"] > 0
+    share = ratios["none bfloat16 batch 2: answers identical to none float32 (share)"]
+    assert 0.0 <= share <= 1.0
+    assert ratios["none bfloat16 batch 2: word error rate"] < 0.5
 
 
 def test_baseline_server_and_the_load_generator(

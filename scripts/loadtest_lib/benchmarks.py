@@ -4,6 +4,7 @@
   quantization  one server per quantization: footprint, stub memory, throughput
   overhead      the model in-process (its best batch size) vs. served, same samples
   baseline      Triton vs. the per-request FastAPI server, driven by the same load generator
+  numerics      the model in-process per quantization:dtype: speed, identical answers, WER
 
 One setup at a time, so each has the machine to itself; every level records the share of CPU
 other processes took meanwhile. The figures are ratios measured in one run on one machine.
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from shared.local_server import free_port
 
 from . import cli, inprocess, loadgen
 from .content import generator_for
@@ -44,11 +46,26 @@ def add_arguments(parsers: dict[str, argparse.ArgumentParser]) -> None:
         default=["none", "int8", "nf4"],
         help="values of the model's quantization setting (default none,int8,nf4)",
     )
-    parsers["overhead"].add_argument(
-        "--batch-sizes",
-        type=cli.int_list,
-        default=[1, 2, 4, 8, 16],
-        help="in-process batch sizes (default 1,2,4,8,16)",
+    parsers["quantization"].add_argument(
+        "--dtypes",
+        type=cli.str_list,
+        default=["auto"],
+        help="values of the model's dtype setting, each run with every quantization "
+        "(default auto; e.g. float32,bfloat16: series are named 'QUANTIZATION DTYPE')",
+    )
+    for name in ("overhead", "numerics"):
+        parsers[name].add_argument(
+            "--batch-sizes",
+            type=cli.int_list,
+            default=[1, 2, 4, 8, 16],
+            help="in-process batch sizes (default 1,2,4,8,16)",
+        )
+    parsers["numerics"].add_argument(
+        "--setups",
+        type=parse_setups,
+        default=[("none", "float32"), ("none", "bfloat16"), ("nf4", "bfloat16")],
+        help="QUANTIZATION:DTYPE pairs; the first is the reference "
+        "(default none:float32,none:bfloat16,nf4:bfloat16)",
     )
     parsers["baseline"].add_argument(
         "--triton-protocol",
@@ -77,6 +94,16 @@ def _models(args: argparse.Namespace) -> list[str]:
 def _server_env(args: argparse.Namespace) -> dict[str, str]:
     store = os.environ.get("MODEL_STORE", str(ROOT / "model_store"))
     return {"MODEL_STORE": store, **parse_env(args.env)}
+
+
+def _entry(
+    args: argparse.Namespace, results: dict[str, Any], model: str, work: Path
+) -> tuple[Path, dict[str, Any], list[Any]]:
+    """A model's results entry and its content samples, made from its config.pbtxt."""
+    model_dir = args.repository / model
+    entry, _, samples = cli.prepare_model(read_config(model_dir), cli.content_options(args), work)
+    results["models"][model] = entry
+    return model_dir, entry, samples
 
 
 def _served_series(
@@ -177,12 +204,11 @@ def cmd_batching(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def cmd_quantization(args: argparse.Namespace, argv: list[str]) -> int:
-    """One server per value of the model's quantization setting (<MODEL>_QUANTIZATION)."""
+    """One server per quantization x dtype (<MODEL>_QUANTIZATION, <MODEL>_DTYPE)."""
     env = _server_env(args)
     with _run(args, argv, "Quantization: footprint and throughput") as (results, work):
         for model in _models(args):
             repo = repository_copy(args.repository, [model], work / f"repo-{model}")
-            variable = env_name(model, "quantization")
 
             def after_load(server: Any, log: Path, model: str = model) -> dict[str, Any]:
                 pid = stub_pid(server, model)
@@ -192,39 +218,52 @@ def cmd_quantization(args: argparse.Namespace, argv: list[str]) -> int:
                     "stub_rss_after_load_mib": proc_memory(pid)["rss_mib"] if pid else None,
                 }
 
-            for quantization in args.quantizations:
-                _served_series(
-                    args,
-                    results,
-                    model,
-                    repo,
-                    {**env, variable: quantization},
-                    quantization,
-                    work,
-                    before_sweep=after_load,
-                )
+            for dtype in args.dtypes:
+                for quantization in args.quantizations:
+                    name = _series_name(quantization, dtype, args.dtypes)
+                    try:
+                        _served_series(
+                            args,
+                            results,
+                            model,
+                            repo,
+                            {**env, **setup_env(model, quantization, dtype)},
+                            name,
+                            work,
+                            before_sweep=after_load,
+                        )
+                    except RuntimeError as exc:  # one setup failing must not lose the others
+                        cli.progress(f"{model} [{name}]: failed: {exc}")
+                        results["notes"].append(f"{model} [{name}] failed: {exc}")
+            if model not in results["models"]:
+                continue
             entry = results["models"][model]
             series = entry["series"]
-            for quantization, data in series.items():
+            for name, data in series.items():
                 entry["notes"].append(
-                    f"{quantization}: footprint {data.get('footprint_mib', '?')} MiB (the "
+                    f"{name}: footprint {data.get('footprint_mib', '?')} MiB (the "
                     f"engine's own figure), stub RSS after load {data['stub_rss_after_load_mib']} "
                     f"MiB, stub peak RSS {data['stub_peak_rss_mib']} MiB"
                     + (f"; {data['describe']}" if data.get("describe") else "")
                 )
-            if "none" in series:
-                base = series["none"]
-                for quantization, data in series.items():
-                    if quantization == "none":
-                        continue
-                    entry["ratios"][f"{quantization} throughput vs. none (best level)"] = (
-                        _best(data["levels"])["throughput"] / _best(base["levels"])["throughput"]
+            base_name = next(iter(series))  # the first quantization at the first dtype
+            base = series[base_name]
+            for name, data in series.items():
+                if name == base_name:
+                    continue
+                entry["ratios"][f"{name} throughput vs. {base_name} (best level)"] = (
+                    _best(data["levels"])["throughput"] / _best(base["levels"])["throughput"]
+                )
+                if data.get("footprint_mib") and base.get("footprint_mib"):
+                    entry["ratios"][f"{name} footprint vs. {base_name}"] = (
+                        data["footprint_mib"] / base["footprint_mib"]
                     )
-                    if data.get("footprint_mib") and base.get("footprint_mib"):
-                        entry["ratios"][f"{quantization} footprint vs. none"] = (
-                            data["footprint_mib"] / base["footprint_mib"]
-                        )
     return 0
+
+
+def _series_name(quantization: str, dtype: str, dtypes: list[str]) -> str:
+    """`nf4`, or `nf4 bfloat16` where several dtypes are compared."""
+    return quantization if dtypes == ["auto"] else f"{quantization} {dtype}"
 
 
 def cmd_overhead(args: argparse.Namespace, argv: list[str]) -> int:
@@ -233,10 +272,7 @@ def cmd_overhead(args: argparse.Namespace, argv: list[str]) -> int:
     settings = cli.settings_from(args)
     with _run(args, argv, "Serving overhead: served vs. in-process") as (results, work):
         for model in _models(args):
-            model_dir = args.repository / model
-            config = read_config(model_dir)
-            entry, _, samples = cli.prepare_model(config, cli.content_options(args), work)
-            results["models"][model] = entry
+            model_dir, entry, samples = _entry(args, results, model, work)
             local = inprocess.measure(
                 model_dir,
                 samples,
@@ -291,12 +327,6 @@ def cmd_overhead(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def served_model_dir(model_dir: Path, env: dict[str, str]) -> Path:
     """The checkpoint directory the Triton model loads: its `model_path` setting (config
     parameter, or <MODEL>_MODEL_PATH) under the model store."""
@@ -321,9 +351,18 @@ def baseline_server(
     python: str, task: str, model_dir: Path, env: dict[str, str], log: Path
 ) -> Iterator[str]:
     """docs/benchmarks/baseline/server.py on a free local port; its /v1/infer URL when ready."""
-    port = _free_port()
+    port = free_port()
     cmd = [python, str(BASELINE_SERVER), "--task", task, "--model-dir", str(model_dir)]
     cmd += ["--port", str(port)]
+    with http_process(cmd, f"http://127.0.0.1:{port}/health", env, log, "the baseline server"):
+        yield f"http://127.0.0.1:{port}/v1/infer"
+
+
+@contextmanager
+def http_process(
+    cmd: list[str], health_url: str, env: dict[str, str], log: Path, name: str
+) -> Iterator[subprocess.Popen]:
+    """A local server process, yielded once `health_url` answers 200; stopped on exit."""
     with open(log, "wb") as out:
         process = subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env}
@@ -333,15 +372,15 @@ def baseline_server(
         while True:
             if process.poll() is not None:
                 tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
-                raise RuntimeError(f"the baseline server exited ({process.returncode}):\n{tail}")
+                raise RuntimeError(f"{name} exited ({process.returncode}):\n{tail}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                with urllib.request.urlopen(health_url, timeout=2):
                     break
-            except OSError:
+            except OSError:  # not listening yet, or 503 while it loads
                 if time.monotonic() > deadline:
-                    raise RuntimeError("the baseline server was not ready in 900 s") from None
+                    raise RuntimeError(f"{name} was not ready in 900 s") from None
                 time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1/infer"
+        yield process
     finally:
         process.terminate()
         try:
@@ -386,6 +425,32 @@ def _generator_levels(
     return levels
 
 
+def triton_generator_levels(
+    args: argparse.Namespace,
+    repo: Path,
+    model: str,
+    env: dict[str, str],
+    samples: list[Any],
+    log: Path,
+    label: str,
+) -> list[dict[str, Any]]:
+    """A local Triton serving `model` from `repo`, driven by the suite's load generator (over
+    --triton-protocol) at every concurrency: the Triton side of baseline and peers."""
+    with local_server(repo, [model], env, log) as server:
+        url = server.grpc_url if args.triton_protocol == "grpc" else server.http_url
+        client = connect(Endpoint("grpc", server.grpc_url))
+        try:
+            served = model_config(client, model)
+        finally:
+            client.close()
+        return _generator_levels(
+            args,
+            lambda c: loadgen.TritonTarget(args.triton_protocol, url, served, samples),
+            len(samples),
+            f"{model} on {label}",
+        )
+
+
 def cmd_baseline(args: argparse.Namespace, argv: list[str]) -> int:
     """Triton (shipped config) vs. the per-request FastAPI server: same samples, same load
     generator, same concurrency levels."""
@@ -405,22 +470,11 @@ def cmd_baseline(args: argparse.Namespace, argv: list[str]) -> int:
             results["models"][model] = entry
             repo = repository_copy(args.repository, [model], work / f"repo-{model}")
             triton_name = f"triton ({args.triton_protocol}, shipped config)"
-            with local_server(repo, [model], env, work / f"{model}-triton.log") as server:
-                url = server.grpc_url if args.triton_protocol == "grpc" else server.http_url
-                client = connect(Endpoint("grpc", server.grpc_url))
-                try:
-                    served = model_config(client, model)
-                finally:
-                    client.close()
-                levels = _generator_levels(
-                    args,
-                    lambda c, url=url, served=served, samples=samples: loadgen.TritonTarget(
-                        args.triton_protocol, url, served, samples
-                    ),
-                    len(samples),
-                    f"{model} on triton",
+            entry["series"][triton_name] = {
+                "levels": triton_generator_levels(
+                    args, repo, model, env, samples, work / f"{model}-triton.log", "triton"
                 )
-            entry["series"][triton_name] = {"levels": levels}
+            }
             name = "baseline (FastAPI + transformers, one request at a time)"
             cli.progress(f"{model}: starting the baseline server ({task}, {checkpoint})")
             with baseline_server(
@@ -448,7 +502,83 @@ def cmd_baseline(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+def cmd_numerics(args: argparse.Namespace, argv: list[str]) -> int:
+    """In-process, once per numeric setup (<MODEL>_QUANTIZATION, <MODEL>_DTYPE): throughput per
+    batch size, and what the numbers change: answers identical to the first setup's, and for
+    speech the word error rate."""
+    env = _server_env(args)
+    settings = cli.settings_from(args)
+    with _run(args, argv, "Numeric setups: speed and what changes") as (results, work):
+        for model in _models(args):
+            model_dir, entry, samples = _entry(args, results, model, work)
+            runs: dict[str, Any] = {}
+            for quantization, dtype in args.setups:
+                runs[f"{quantization} {dtype}"] = inprocess.measure(
+                    model_dir,
+                    samples,
+                    sorted(set(args.batch_sizes)),
+                    lambda size: settings.request_count(size) or max(args.samples, size),
+                    {**env, **setup_env(model, quantization, dtype)},
+                    cli.progress,
+                )
+            entry["in_process"] = runs
+            entry["ratios"].update(setup_ratios(runs, samples))
+    return 0
+
+
+def setup_env(model: str, quantization: str, dtype: str) -> dict[str, str]:
+    """The environment that gives `model` this quantization and dtype."""
+    return {env_name(model, "quantization"): quantization, env_name(model, "dtype"): dtype}
+
+
+def parse_setups(text: str) -> list[tuple[str, str]]:
+    """`none:float32,nf4:bfloat16` -> [("none", "float32"), ("nf4", "bfloat16")]."""
+    setups = []
+    for item in cli.str_list(text):
+        quantization, sep, dtype = item.partition(":")
+        if not sep or not quantization or not dtype:
+            raise argparse.ArgumentTypeError(f"a setup is QUANTIZATION:DTYPE, got {item!r}")
+        setups.append((quantization, dtype))
+    return setups
+
+
+def setup_ratios(runs: dict[str, Any], samples: list[Any]) -> dict[str, float]:
+    """Per setup and batch size: throughput and identical answers against the first setup;
+    word error rate where the samples are speech with their spoken text in the note."""
+    from tests.speech import word_error_rate, words
+
+    out: dict[str, float] = {}
+    base_name = next(iter(runs))
+    base = runs[base_name]["batches"]
+    for name, run in runs.items():
+        for size, batch in run["batches"].items():
+            key = f"{name} batch {size}"
+            if "tokens_per_s" in batch:
+                out[f"{key}: tokens/s"] = batch["tokens_per_s"]
+            out[f"{key}: requests/s"] = batch["throughput"]
+            answers = batch.get("answers", {})
+            if name != base_name:
+                theirs = base.get(size, {}).get("answers", {})
+                same = sum(1 for i, text in answers.items() if theirs.get(i) == text)
+                out[f"{key}: throughput vs. {base_name}"] = (
+                    batch["throughput"] / base[size]["throughput"] if size in base else 0.0
+                )
+                out[f"{key}: answers identical to {base_name} (share)"] = same / max(
+                    len(answers), 1
+                )
+            if answers and "audio" in samples[0].inputs:  # speech: "...: the spoken text"
+                spoken = {str(i): s.note.split(": ", 1)[-1] for i, s in enumerate(samples)}
+                reference_words = sum(len(words(spoken[i])) for i in answers)
+                errors = sum(
+                    word_error_rate(spoken[i], text) * len(words(spoken[i]))
+                    for i, text in answers.items()
+                )
+                out[f"{key}: word error rate"] = errors / max(reference_words, 1)
+    return out
+
+
 COMMANDS = {
+    "numerics": cmd_numerics,
     "batching": cmd_batching,
     "quantization": cmd_quantization,
     "overhead": cmd_overhead,

@@ -5,6 +5,8 @@
   quantization  memory footprint and throughput per quantization
   overhead      Triton-served throughput against the model's in-process ceiling
   baseline      Triton against a per-request FastAPI + transformers server, same load
+  peers         Triton against llama.cpp's llama-server on the same weights, same load
+  numerics      the model in-process per quantization:dtype: speed, identical answers, WER
 
 `run` needs a server, and is what runs when no command is named (scripts/loadtest -m stt);
 the others start local tritonservers (scripts/serve's environment) on temporary copies of the
@@ -32,7 +34,7 @@ from .server import Endpoint, NotReady, check_ready, connect, model_config, read
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTED = time.monotonic()
-COMMANDS = ("run", "batching", "quantization", "overhead", "baseline")
+COMMANDS = ("run", "batching", "quantization", "overhead", "baseline", "peers", "numerics")
 
 
 def progress(message: str) -> None:
@@ -182,13 +184,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         ("quantization", "footprint and throughput per quantization (local servers)"),
         ("overhead", "served vs. in-process ceiling (local server + the model in-process)"),
         ("baseline", "Triton vs. a per-request FastAPI + transformers server (local servers)"),
+        ("peers", "Triton vs. llama.cpp's llama-server on the same weights (local servers)"),
+        ("numerics", "the model in-process per quantization:dtype: speed, answers, WER"),
     ):
         sub = commands.add_parser(name, help=text)
         add_load_options(sub)
         add_local_options(sub)
-    from . import benchmarks
+    from . import benchmarks, peers
 
     benchmarks.add_arguments(commands.choices)
+    peers.add_arguments(commands.choices["peers"])
     args = parser.parse_args(argv)
     if args.command == "run" and args.url:
         host = host_port(args.url).split(":")[0]
@@ -353,9 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv = ["run", *argv]
     args = parse_args(argv)
-    from . import benchmarks
+    from . import benchmarks, peers
 
-    handlers = {"run": cmd_run, **benchmarks.COMMANDS}
+    handlers = {"run": cmd_run, **benchmarks.COMMANDS, "peers": peers.cmd_peers}
     try:
         return handlers[args.command](args, argv)
     except NotReady as exc:

@@ -62,6 +62,19 @@ def environment(overrides: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
+def _answer(result: Any) -> tuple[str | None, int | None]:
+    """A unary response's `text` and `completion_tokens` outputs, where the model has them."""
+    if isinstance(result, list):  # decoupled: several responses, nothing to compare here
+        return None, None
+    text = result.outputs.get("text")
+    count = result.outputs.get("completion_tokens")
+    value = text.reshape(-1)[0] if text is not None else None
+    return (
+        value.decode() if isinstance(value, bytes) else value,
+        int(count.reshape(-1)[0]) if count is not None else None,
+    )
+
+
 def _failure(results: list[Any]) -> str | None:
     for result in results:
         for response in result if isinstance(result, list) else [result]:
@@ -90,6 +103,8 @@ def measure(
     config = read_config(model_dir)
     tensors = [client_tensors(config, sample) for sample in samples]
     runs: dict[str, Any] = {}
+    answers: dict[int, str] = {}  # sample index -> text, of the batch size being measured
+    tokens: list[int] = []
     with environment(env), ModelHarness(model_dir, response_timeout=3600.0) as harness:
 
         def batch(start: int, size: int) -> float:
@@ -100,6 +115,12 @@ def measure(
             failure = _failure(results)
             if failure:
                 raise RuntimeError(f"{config.name} in-process, batch of {size}: {failure}")
+            for k, result in enumerate(results):
+                text, count = _answer(result)
+                if text is not None:
+                    answers[(start + k) % len(tensors)] = text
+                if count is not None:
+                    tokens.append(count)
             return seconds
 
         progress(f"{config.name} in-process: warm-up")
@@ -107,6 +128,8 @@ def measure(
         for size in batch_sizes:
             calls = -(-requests_for(size) // size)
             progress(f"{config.name} in-process: batch size {size}, {calls} calls")
+            answers.clear()
+            tokens.clear()
             with CpuProbe() as probe:
                 call_s = [batch(i * size, size) for i in range(calls)]
             total = sum(call_s)
@@ -118,6 +141,10 @@ def measure(
                 "call_p99_ms": 1000 * percentile(call_s, 99),
                 "interference": probe.record(),
             }
+            if tokens:
+                runs[str(size)]["tokens_per_s"] = sum(tokens) / total
+            if answers:
+                runs[str(size)]["answers"] = {str(i): t for i, t in sorted(answers.items())}
             progress(
                 f"{config.name} in-process: batch size {size}: "
                 f"{runs[str(size)]['throughput']:.2f}/s, call p50 "

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -22,10 +24,20 @@ from .inputs import client_tensors
 from .stats import Timing, summarize
 
 
-class Target(Protocol):
-    """Where requests go: `send(i)` sends sample i and returns when it is fully answered."""
+@dataclass(frozen=True)
+class Answer:
+    """What a text model answered, where the target can tell: for tokens per second and for
+    comparing two servers' greedy answers."""
 
-    async def send(self, index: int) -> None: ...
+    text: str
+    completion_tokens: int
+
+
+class Target(Protocol):
+    """Where requests go: `send(i)` sends sample i and returns when it is fully answered
+    (with the answer, for text models)."""
+
+    async def send(self, index: int) -> Answer | None: ...
 
     async def close(self) -> None: ...
 
@@ -53,9 +65,14 @@ class TritonTarget:
             inputs.append(tensor)
         return inputs
 
-    async def send(self, index: int) -> None:
+    async def send(self, index: int) -> Answer | None:
         outputs = [self.module.InferRequestedOutput(name) for name in self.outputs]
-        await self.client.infer(self.model, self._inputs(index), outputs=outputs)
+        result = await self.client.infer(self.model, self._inputs(index), outputs=outputs)
+        if not {"text", "completion_tokens"} <= set(self.outputs):
+            return None
+        text = result.as_numpy("text").reshape(-1)[0]
+        tokens = result.as_numpy("completion_tokens").reshape(-1)[0]
+        return Answer(text.decode() if isinstance(text, bytes) else str(text), int(tokens))
 
     async def close(self) -> None:
         await self.client.close()
@@ -93,41 +110,113 @@ class HttpJsonTarget:
             timeout=aiohttp.ClientTimeout(total=None),
         )
 
-    async def send(self, index: int) -> None:
+    async def send(self, index: int) -> Answer | None:
         async with self.session.post(self.url, json=self.bodies[index]) as response:
             body = await response.read()
             if response.status != 200:
                 raise RuntimeError(f"{self.url}: HTTP {response.status}: {body[:300]!r}")
+        answer = json.loads(body)
+        if "completion_tokens" not in answer:
+            return None
+        return Answer(str(answer["text"]), int(answer["completion_tokens"]))
 
     async def close(self) -> None:
         await self.session.close()
 
 
-async def closed_loop(
-    target: Target, samples: int, concurrency: int, requests: int
-) -> list[Timing]:
+class OpenAiChatTarget:
+    """An OpenAI-compatible `/v1/chat/completions` endpoint (llama-server, vLLM, Ollama):
+    each sample's prompt as one user message, greedy, at most `max_tokens` new tokens."""
+
+    def __init__(
+        self, url: str, samples: Sequence[Sample], concurrency: int, max_tokens: int
+    ) -> None:
+        import aiohttp
+
+        self.url = url
+        self.bodies = [
+            {
+                "messages": [{"role": "user", "content": sample.inputs["prompt"]}],
+                "max_tokens": max_tokens,
+                "temperature": 0.0,
+                "stream": False,
+            }
+            for sample in samples
+        ]
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=concurrency),
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
+
+    async def send(self, index: int) -> Answer:
+        async with self.session.post(self.url, json=self.bodies[index]) as response:
+            body = await response.read()
+            if response.status != 200:
+                raise RuntimeError(f"{self.url}: HTTP {response.status}: {body[:300]!r}")
+        answer = json.loads(body)
+        return Answer(
+            str(answer["choices"][0]["message"]["content"]),
+            int(answer["usage"]["completion_tokens"]),
+        )
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+@dataclass
+class Level:
+    """What one level of the closed loop saw: every request's times and, for text models, its
+    answer."""
+
+    timings: list[Timing]
+    answers: list[tuple[int, Answer]]  # (sample index, answer), in completion order
+
+
+async def closed_loop(target: Target, samples: int, concurrency: int, requests: int) -> Level:
     """`requests` requests, `concurrency` in flight at a time; each one's send/answer times."""
-    timings: list[Timing] = []
+    level = Level([], [])
     counter = iter(range(requests))
 
     async def worker() -> None:
         for index in counter:
             sent = time.monotonic_ns()
-            await target.send(index % samples)
-            timings.append(Timing(sent, (time.monotonic_ns(),)))
+            answer = await target.send(index % samples)
+            level.timings.append(Timing(sent, (time.monotonic_ns(),)))
+            if answer is not None:
+                level.answers.append((index % samples, answer))
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return timings
+    return level
 
 
 def run_level(make_target: Any, samples: int, concurrency: int, requests: int) -> dict[str, Any]:
-    """One concurrency level against a fresh target (its own connections); summarized."""
+    """One concurrency level against a fresh target (its own connections); summarized. For text
+    models also tokens per second and the answers, to compare servers."""
 
-    async def main() -> list[Timing]:
+    async def main() -> Level:
         target = make_target(concurrency)
         try:
             return await closed_loop(target, samples, concurrency, requests)
         finally:
             await target.close()
 
-    return {"concurrency": concurrency, **summarize(asyncio.run(main()))}
+    level = asyncio.run(main())
+    summary: dict[str, Any] = {"concurrency": concurrency, **summarize(level.timings)}
+    if level.answers and len(level.answers) == len(level.timings):
+        summary.update(token_figures(level))
+    return summary
+
+
+def token_figures(level: Level) -> dict[str, Any]:
+    """Generated tokens per second over the level; the time per output token a client sees
+    (a request's whole latency over its tokens, prefill included); each sample's answer."""
+    tokens = [answer.completion_tokens for _, answer in level.answers]
+    span_s = summarize(level.timings)["seconds"]
+    # timings and answers are appended together, so the i-th of each is the same request
+    per_token = [t.latency_ms / max(n, 1) for t, n in zip(level.timings, tokens, strict=True)]
+    return {
+        "tokens_per_s": sum(tokens) / span_s,
+        "mean_completion_tokens": sum(tokens) / len(tokens),
+        "ms_per_output_token": sum(per_token) / len(per_token),
+        "answers": {str(i): a.text for i, a in sorted(level.answers, key=lambda x: x[0])},
+    }

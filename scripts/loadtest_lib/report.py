@@ -21,6 +21,7 @@ CSV_COLUMNS = [
     "requests",
     "throughput",
     "tokens_per_s",
+    "ms_per_output_token",
     "p50_ms",
     "p90_ms",
     "p99_ms",
@@ -104,16 +105,21 @@ def markdown(results: dict[str, Any], title: str) -> str:
             for level in s["levels"]
         )
         header = ["series", "concurrency", "requests", f"{unit}s/s"]
-        header += ["tokens/s"] if tokens else []
+        header += ["tokens/s", "ms per output token"] if tokens else []
         header += ["p50 ms", "p90 ms", "p99 ms"]
         header += ["first response p50 ms", "first response p99 ms"] if streaming else []
         header += ["server queue ms", "server compute ms", "mean batch", "others' CPU %"]
-        lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        if entry.get("series"):  # in-process-only commands (numerics) have none
+            lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for name, series in entry.get("series", {}).items():
             for level in series["levels"]:
                 cells = [name, str(level["concurrency"]), str(level["requests"])]
                 cells.append(_fmt(level["throughput"], 2))
-                cells += [_fmt(level.get("tokens_per_s"), 1)] if tokens else []
+                if tokens:
+                    cells += [
+                        _fmt(level.get("tokens_per_s"), 1),
+                        _fmt(level.get("ms_per_output_token"), 1),
+                    ]
                 cells += [_fmt(level[k]) for k in ("p50_ms", "p90_ms", "p99_ms")]
                 if streaming:
                     cells += [

@@ -1,0 +1,163 @@
+"""`peers`: Triton's text models against llama.cpp's `llama-server` on the same weights.
+
+People who serve small language models on CPUs run llama.cpp today. This command serves the
+GGUF file our `smolvlm-256m-smollm2` checkpoint was converted from with `llama-server`
+(continuous batching over `--slots` parallel sequences, the OpenAI API), serves our model with
+its shipped config, and drives both with the same prompts, the same closed-loop load generator
+and the same concurrency levels, one server at a time. Both decode greedily, at most
+`--max-new-tokens` tokens. Per level: requests/s, generated tokens/s, p50/p99 latency and the
+time per output token a client sees; and how many greedy answers were the same text (the
+weights are the same values, the arithmetic is not: llama.cpp multiplies 4-bit weights with
+8-bit activations, transformers dequantized float weights).
+
+Build the peer with `scripts/build_peers.py` (never in CI).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from shared.local_server import free_port
+
+from . import cli, loadgen
+from .benchmarks import (
+    _at,
+    _generator_levels,
+    _models,
+    _run,
+    _server_env,
+    http_process,
+    parse_setups,
+    setup_env,
+    triton_generator_levels,
+)
+from .inputs import is_decoupled, read_config
+from .local import repository_copy
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--llama-server", type=Path, required=True, help="llama-server binary")
+    parser.add_argument("--gguf", type=Path, required=True, help="the GGUF file it serves")
+    parser.add_argument(
+        "--slots", type=int, default=16, help="llama-server parallel sequences (default 16)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=2, help="llama-server threads (default 2: the cores)"
+    )
+    parser.add_argument(
+        "--context-per-slot",
+        type=int,
+        default=1024,
+        help="llama-server context per slot, tokens (default 1024)",
+    )
+    parser.add_argument(
+        "--setups",
+        type=parse_setups,
+        default=[("none", "auto")],
+        help="one Triton series per QUANTIZATION:DTYPE (default none:auto, the shipped config)",
+    )
+    parser.add_argument(
+        "--triton-protocol",
+        choices=["http", "grpc"],
+        default="grpc",
+        help="how the load generator reaches Triton (default grpc)",
+    )
+
+
+def llama_server_command(args: argparse.Namespace, port: int) -> list[str]:
+    return [
+        str(args.llama_server),
+        "--model", str(args.gguf),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--threads", str(args.threads),
+        "--parallel", str(args.slots),
+        "--ctx-size", str(args.slots * args.context_per_slot),
+        "--cont-batching",
+        "--jinja",  # the GGUF's own chat template, as our checkpoint's
+        "--no-webui",
+    ]  # fmt: skip
+
+
+def cmd_peers(args: argparse.Namespace, argv: list[str]) -> int:
+    """Each text model on Triton (once per quantization:dtype setup), then llama-server on the
+    GGUF, same prompts and load."""
+    env = _server_env(args)
+    args.images_per_prompt = 0  # text prompts: the peer has no vision tower
+    with _run(args, argv, "Triton vs. llama-server, same weights") as (results, work):
+        for model in _models(args):
+            config = read_config(args.repository / model)
+            if is_decoupled(config):
+                raise ValueError(f"{model} is decoupled; compare its unary sibling")
+            entry, _, samples = cli.prepare_model(config, cli.content_options(args), work)
+            if "prompt" not in samples[0].inputs:
+                raise ValueError(f"{model} takes no prompts: llama-server is a text peer")
+            results["models"][model] = entry
+            repo = repository_copy(args.repository, [model], work / f"repo-{model}")
+            ours = []
+            for quantization, dtype in args.setups:
+                setup = f"{quantization} {dtype}"
+                name = f"triton ({args.triton_protocol}, {setup})"
+                server_env = {**env, **setup_env(model, quantization, dtype)}
+                log = work / f"{model}-{quantization}-{dtype}-triton.log"
+                entry["series"][name] = {
+                    "levels": triton_generator_levels(
+                        args, repo, model, server_env, samples, log, f"triton ({setup})"
+                    )
+                }
+                ours.append((setup, name))
+            theirs = f"llama-server ({args.slots} slots, {args.threads} threads)"
+            port = free_port()
+            cli.progress(f"{model}: starting llama-server on {args.gguf.name}")
+            with http_process(
+                llama_server_command(args, port),
+                f"http://127.0.0.1:{port}/health",
+                {},
+                work / f"{model}-llama-server.log",
+                "llama-server",
+            ):
+                chat_url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                entry["series"][theirs] = {
+                    "levels": _generator_levels(
+                        args,
+                        lambda c, url=chat_url, samples=samples: loadgen.OpenAiChatTarget(
+                            url, samples, c, args.max_new_tokens
+                        ),
+                        len(samples),
+                        f"{model} on llama-server",
+                    ),
+                    "about": " ".join(llama_server_command(args, port)[1:]),
+                }
+            for setup, name in ours:
+                found = ratios(entry["series"][name], entry["series"][theirs])
+                entry["ratios"].update({f"{setup}: {k}": v for k, v in found.items()})
+    return 0
+
+
+def ratios(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, float]:
+    """Throughput at the top level, time per token at the lowest, identical greedy answers."""
+    out: dict[str, float] = {}
+    levels = [level["concurrency"] for level in ours["levels"]]
+    top, low = max(levels), min(levels)
+    a, b = _at(ours["levels"], top), _at(theirs["levels"], top)
+    if a and b:
+        out[f"requests/s Triton / llama-server at concurrency {top}"] = (
+            a["throughput"] / b["throughput"]
+        )
+        if "tokens_per_s" in a and "tokens_per_s" in b:
+            out[f"tokens/s Triton / llama-server at concurrency {top}"] = (
+                a["tokens_per_s"] / b["tokens_per_s"]
+            )
+        out[f"p99 latency Triton / llama-server at concurrency {top}"] = a["p99_ms"] / b["p99_ms"]
+    a, b = _at(ours["levels"], low), _at(theirs["levels"], low)
+    if a and b and "ms_per_output_token" in a and "ms_per_output_token" in b:
+        out[f"time per output token Triton / llama-server at concurrency {low}"] = (
+            a["ms_per_output_token"] / b["ms_per_output_token"]
+        )
+        same = [k for k, text in a["answers"].items() if b["answers"].get(k) == text]
+        out[f"identical greedy answers at concurrency {low} (share of prompts)"] = len(same) / max(
+            len(a["answers"]), 1
+        )
+    return out
