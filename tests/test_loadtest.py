@@ -500,3 +500,18 @@ def test_setup_ratios_for_prompts_compare_answers_without_a_word_error_rate() ->
     assert ratios["none bfloat16 batch 1: answers identical to none float32 (share)"] == 1.0
     assert ratios["none bfloat16 batch 1: tokens/s"] == 9.0
     assert not any("word error rate" in key for key in ratios)
+
+
+def test_load_facts_read_every_models_load_line(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    log.write_text(
+        "I1123 stt: loaded /store/whisper-tiny.en: whisper (English-only) quantization=none "
+        "dtype=float32 device=cpu footprint=144.0 MiB load=0.7 s\n"
+        "I1123 tts: loaded piper voice=en_US-joe-medium voices=1 rate=22050 Hz quantization=int8 "
+        "dtype=bfloat16 device=cpu footprint=30.8 MiB load=1.7 s\n"
+    )
+    assert local.load_facts(log, "stt")["footprint_mib"] == 144.0
+    tts = local.load_facts(log, "tts")
+    assert tts["footprint_mib"] == 30.8 and tts["load_s"] == 1.7
+    assert tts["describe"].startswith("piper voice=en_US-joe-medium")
+    assert local.load_facts(log, "vlm") == {}

@@ -77,11 +77,12 @@ def stub_pid(server: Any, model: str) -> int | None:
 
 
 def load_facts(log: Path, model: str) -> dict[str, Any]:
-    """The model's load log line (`<model>: loaded <dir>: ... footprint=X MiB load=Y s`, what
-    every model here logs from its engine's describe()): footprint and load time."""
+    """The model's load log line (`<model>: loaded [<dir>: ]... footprint=X MiB load=Y s`,
+    what every model here logs from its engine's describe()): footprint and load time."""
     text = log.read_text(encoding="utf-8", errors="replace")
     match = re.search(
-        rf"{re.escape(model)}: loaded [^:]+: (.*?footprint=([\d.]+) MiB load=([\d.]+) s)", text
+        rf"{re.escape(model)}: loaded (?:\S+: )?(.*?footprint=([\d.]+) MiB load=([\d.]+) s)",
+        text,
     )
     if not match:
         return {}

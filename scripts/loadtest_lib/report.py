@@ -70,8 +70,10 @@ def markdown(results: dict[str, Any], title: str) -> str:
         f"{results['load_average'].get('end', '-')}",
         f"- measurement: {results['settings']['measurement']}",
         "",
-        "Throughput and latencies come from perf_analyzer's per-request timestamps (its own "
-        "figures are in results.json); latency is until the last response, first response is "
+        "Throughput and latencies come from per-request timestamps: perf_analyzer's export (its "
+        "own figures are in results.json), or the suite's closed-loop load generator for the "
+        "series that compare other servers (baseline, peers); latency is until the last "
+        "response, first response is "
         "what a streaming client waits for; server queue and compute are Triton's per-request "
         "averages; mean batch is what the dynamic batcher formed (Triton's statistics); others' "
         "CPU is the share of this machine's CPU that other processes took meanwhile.",
