@@ -184,7 +184,9 @@ def encoder_gflop(engine: Any, sample: Any) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def in_process(model_dir: Path, clips: list[Clip], batch_sizes: list[int]) -> dict[str, Any]:
+def in_process(
+    model_dir: Path, clips: list[Clip], batch_sizes: list[int], dtype: str = "auto"
+) -> dict[str, Any]:
     """The engine without a server: throughput per batch size and where one batch's time goes.
 
     Rows are decoded beforehand (decoding is timed on its own), so this is the model's own
@@ -197,7 +199,7 @@ def in_process(model_dir: Path, clips: list[Clip], batch_sizes: list[int]) -> di
     from shared.audio import decode_audio
     from shared.quantization import resolve_placement
 
-    engine = WhisperEngine.load(model_dir, resolve_placement("none", "auto", "cpu"))
+    engine = WhisperEngine.load(model_dir, resolve_placement("none", dtype, "cpu"))
     decode_ms = []
     rows = []
     for clip in clips:
@@ -986,6 +988,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--clips", type=int, default=16, help="clips (>= 12: every sentence once)")
     parser.add_argument("--model-path", default="whisper-tiny.en")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        help="our model's dtype, in-process and served (STT_DTYPE); e.g. bfloat16",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "stt")
     parser.add_argument("--concurrency", type=int_list, default=[1, 2, 4, 8, 16])
     parser.add_argument("--batch-sizes", type=int_list, default=[1, 2, 4, 8, 16])
@@ -1081,7 +1088,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["scripts/bench_stt.py", *(sys.argv[1:] if argv is None else argv)]),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
-        "model": args.model_path,
+        "model": args.model_path if args.dtype == "auto" else f"{args.model_path} ({args.dtype})",
         "load_average": {"start": load_average()},
         "waited_for_idle_s": round(waited, 1),
         "phases": {},
@@ -1105,7 +1112,7 @@ def main(argv: list[str] | None = None) -> int:
     results["in_process"] = phase(
         results,
         "in_process",
-        lambda: in_process(store / args.model_path, clips, args.batch_sizes),
+        lambda: in_process(store / args.model_path, clips, args.batch_sizes, args.dtype),
     )
 
     with tempfile.TemporaryDirectory(prefix="bench-stt-") as tmp:
@@ -1186,7 +1193,11 @@ def served_phases(
     source = ROOT / "model_repository"
     samples = [Sample({"audio": clip.wav}, clip.text) for clip in clips]
     data_file = write_data(read_config(source / "stt"), samples, work / "stt-data.json")
-    base_env = {"STT_MODEL_PATH": args.model_path, "STT_QUANTIZATION": "none"}
+    base_env = {
+        "STT_MODEL_PATH": args.model_path,
+        "STT_QUANTIZATION": "none",
+        "STT_DTYPE": args.dtype,
+    }
     results["served"] = {}
     repos = {
         batching: repository_copy(
