@@ -475,6 +475,7 @@ def test_setups_are_quantization_dtype_pairs() -> None:
         "LLM_QUANTIZATION": "nf4",
         "LLM_DTYPE": "bfloat16",
     }
+    assert benchmarks.setup_env("stt", "none", "auto") == {"STT_QUANTIZATION": "none"}
 
 
 def test_quantization_series_are_named_by_dtype_only_when_dtypes_are_compared() -> None:

@@ -527,8 +527,12 @@ def cmd_numerics(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def setup_env(model: str, quantization: str, dtype: str) -> dict[str, str]:
-    """The environment that gives `model` this quantization and dtype."""
-    return {env_name(model, "quantization"): quantization, env_name(model, "dtype"): dtype}
+    """The environment that gives `model` this quantization and dtype; dtype `auto` sets
+    nothing, so the model's own setting (config.pbtxt, --env) applies."""
+    env = {env_name(model, "quantization"): quantization}
+    if dtype != "auto":
+        env[env_name(model, "dtype")] = dtype
+    return env
 
 
 def parse_setups(text: str) -> list[tuple[str, str]]:
