@@ -42,6 +42,18 @@ def start_server(
 
 
 @pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models on a busy 2-core machine: one torch thread is many times faster. Modules
+    of in-process engine tests use it for all their tests (`pytest.mark.usefixtures`)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
 def stt_server(
     tmp_path_factory: pytest.TempPathFactory, model_store: Path
 ) -> Iterator[LocalTritonServer]:

@@ -30,18 +30,11 @@ from backends.tts_vits import VitsEngine
 from shared.errors import ModelLoadError, RequestError
 from shared.quantization import Placement
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ATOL = 5e-4
 CPU = Placement("cpu", "float32", "none")
 TEXTS = ["Hello there, how are you?", "Fine.", "The sun is warm, the wind is light."]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models on a busy 2-core machine: one torch thread is many times faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ fails only its own request. The voice is built into the store by ./scripts/setup
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +27,12 @@ from tests.harness.runner import ModelHarness
 from tests.speech import espeak_available
 from tests.test_tts_model import TTS, TTS_STREAM, inputs, samples
 
-pytestmark = pytest.mark.skipif(
-    not espeak_available(), reason="espeak-ng is not installed (./scripts/setup installs it)"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not espeak_available(), reason="espeak-ng is not installed (./scripts/setup installs it)"
+    ),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 VOICE = "piper-en_US-joe-medium"
 CPU = Placement("cpu", "float32", "none")
@@ -39,14 +41,6 @@ ATOL = 5e-4
 TEXTS = ["Hello there, how are you?", "Fine.", "The sun is warm, the wind is light."]
 #: Arabic-Indic digits: letters to the text checks, but espeak-ng's en-us says nothing for them.
 NO_PHONEMES = "١٢٣"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from shared.local_server import LocalTritonServer
+from tests import speech
 from tests.conftest import start_server
 from tests.speech import espeak_available, word_error_rate, words
 
@@ -40,11 +41,7 @@ pytestmark = [
 
 VOICE_RATE = 22_050
 SENTENCES = [
-    "My name is John and I live in London.",
-    "Please call Stella and ask her to bring these things with her from the store.",
-    "Open the door and turn on the lights.",
-    "A large language model can answer questions about the weather.",
-    "Thank you very much for your help.",
+    *speech.SENTENCES,
     "Please send the report to the office by Friday.",
     "The children played in the garden until it was dark.",
     "We need more water and some bread for the trip.",

@@ -8,7 +8,6 @@ the real layouts, durations in the range of speech, an audible vocoder, same see
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,8 @@ from transformers import (
 
 from shared.model_store.manifest import MARKER
 from shared.model_store.tts_random import VARIANTS, build_random_tts, is_complete
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 VITS_FILES = {
     "config.json",
@@ -45,14 +46,6 @@ SPEECHT5_FILES = {
     "vocoder/model.safetensors",
     MARKER,
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
