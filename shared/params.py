@@ -14,6 +14,7 @@ naming the setting and where it came from.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -54,6 +55,10 @@ class Param:
             value = self.parse(raw)
         except ValueError as exc:
             raise ModelLoadError(f"setting {self.name!r} from {source}: {exc}") from exc
+        if isinstance(value, float) and not math.isfinite(value):  # nan passes any range check
+            raise ModelLoadError(
+                f"setting {self.name!r} from {source} is {raw!r}; expected a finite number"
+            )
         if self.choices is not None and value not in self.choices:
             allowed = ", ".join(map(str, self.choices))
             raise ModelLoadError(

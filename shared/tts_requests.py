@@ -8,7 +8,6 @@ module holds them once, so each `model.py` is only its execution pattern. Like
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,13 +26,6 @@ from shared.params import Param, load_params
 DEFAULT_VOICE = "piper-en_US-joe-medium"
 
 
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"expected a finite number, got {text!r}")
-    return value
-
-
 PARAMS = [
     *load_params(default_model_path=DEFAULT_VOICE),
     Param(
@@ -44,7 +36,7 @@ PARAMS = [
     Param(
         "noise_scale",
         None,
-        parse=_finite,
+        parse=float,
         minimum=0.0,
         maximum=2.0,
         doc="VITS: how much the voice varies (timbre, intonation); empty: the checkpoint's "
@@ -53,7 +45,7 @@ PARAMS = [
     Param(
         "noise_w",
         None,
-        parse=_finite,
+        parse=float,
         minimum=0.0,
         maximum=2.0,
         doc="VITS: how much the rhythm varies (VitsModel's noise_scale_duration, Piper's "

@@ -46,3 +46,12 @@ def test_values_are_parsed_and_checked() -> None:
 def test_unknown_config_parameter_is_refused() -> None:
     with pytest.raises(ModelLoadError, match="unknown parameters \\['quantisation'\\]"):
         resolve(SPECS, config(quantisation="nf4"), "stt", {})
+
+
+def test_a_float_setting_must_be_finite() -> None:
+    """nan passes any minimum/maximum comparison, so it is refused on its own."""
+    setting = Param("temperature", 1.0, parse=float, minimum=0.0, maximum=2.0)
+    assert setting.convert("0.5", "config.pbtxt") == 0.5
+    for bad in ("nan", "inf"):
+        with pytest.raises(ModelLoadError, match="'temperature' from config.pbtxt is"):
+            setting.convert(bad, "config.pbtxt")
