@@ -270,12 +270,19 @@ def test_error_codes_reach_grpc_clients_as_the_harness_says(
 def test_logger_lines_reach_the_server_log_as_recorded(
     harness: ModelHarness, contract_server: RunningServer
 ) -> None:
+    def contract_lines(text: str) -> list[tuple[str, str]]:
+        return [r for r in clients.log_records(text) if "contract log" in r[1]]
+
     before = len(harness.logs)
     harness.infer(text_inputs("l", mode="log"))
     mine = [tuple(r) for r in harness.logs[before:]]
+    logged_before = len(contract_lines(contract_server.log_text()))
     assert server_view(contract_server, {"inputs": text_inputs("l", mode="log")})[0] == "ok"
-    theirs = [r for r in clients.log_records(contract_server.log_text()) if "contract log" in r[1]]
-    assert mine == theirs[-len(mine) :] and len(mine) == 4
+    # The lines may reach the file after the response (see wait_for_log).
+    text = contract_server.wait_for_log(
+        lambda text: len(contract_lines(text)) >= logged_before + len(mine)
+    )
+    assert len(mine) == 4 and contract_lines(text)[logged_before:] == mine
 
 
 STREAMS = {

@@ -31,6 +31,7 @@ from tests.chat_client import (
     stream_results,
     tensors,
 )
+from tests.harness.server_fixture import wait_for_log
 
 pytestmark = pytest.mark.server
 
@@ -226,8 +227,10 @@ def test_cancelling_a_stream_stops_generation(vlm_server: LocalTritonServer) -> 
         metric(vlm_server, "multimodal_generated_tokens_total", "vlm_stream") - tokens_before
     )
     assert 1 <= generated < 3000
-    log = vlm_server.log_path.read_text(encoding="utf-8", errors="replace")
-    assert "vlm_stream: the client cancelled; generation stopped after" in log
+    wait_for_log(
+        vlm_server.log_path,
+        lambda log: "vlm_stream: the client cancelled; generation stopped after" in log,
+    )
     # The model is free again: a new stream is served at once.
     ((pieces, final),) = stream_results(vlm_server, [arrays("Hi", max_new_tokens=4)])
     _, reason, _, tokens = answer(final)

@@ -12,6 +12,7 @@ In a test module:
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,11 +43,33 @@ class RunningServer:
     def log_text(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
+    def wait_for_log(self, holds: Callable[[str], bool], timeout: float = 60.0) -> str:
+        return wait_for_log(self.log_path, holds, timeout)
+
     def model_config_text(self, model: str) -> str:
         """GET /v2/models/<model>/config, as the server writes it."""
         url = f"http://{self.http_url}/v2/models/{model}/config"
         with urllib.request.urlopen(url, timeout=10) as response:
             return response.read().decode("utf-8")
+
+
+def wait_for_log(log_path: Path, holds: Callable[[str], bool], timeout: float = 60.0) -> str:
+    """The server log once `holds(text)` is true.
+
+    The Python backend's stub hands Logger lines to the server through a queue that a
+    server thread drains, so a line can reach the file after the response it belongs to.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        text = log_path.read_text(encoding="utf-8", errors="replace")
+        if holds(text):
+            return text
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"the server log did not show what was expected in {timeout:.0f} s:\n"
+                + text[-4000:]
+            )
+        time.sleep(0.1)
 
 
 @contextmanager
