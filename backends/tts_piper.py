@@ -28,7 +28,7 @@ from backends.piper import PiperFrontend, load_piper_vits
 from backends.tts import FrontEnd
 from backends.tts_vits import VitsEngine
 from shared.errors import ModelLoadError
-from shared.loading import Loaded
+from shared.loading import Loaded, finish_load
 from shared.logs import quiet_repeated_warnings
 from shared.phonemes import PhonemizerError
 from shared.quantization import Placement, pretrained_kwargs
@@ -47,13 +47,7 @@ class PiperEngine(VitsEngine):
         quiet_repeated_warnings()
         started = time.perf_counter()
         model = load_piper_vits(model_dir, **pretrained_kwargs(placement))
-        return Loaded(
-            model=model,
-            processor=None,
-            placement=placement,
-            footprint_bytes=int(model.get_memory_footprint()),
-            seconds=time.perf_counter() - started,
-        )
+        return finish_load(model, None, placement, started)
 
     @classmethod
     def front_end_for(cls, model_dir: Path, loaded: Loaded) -> FrontEnd:

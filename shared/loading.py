@@ -60,12 +60,13 @@ class Loaded:
     placement: Placement
     footprint_bytes: int
     seconds: float
+    detail: str = ""  # what a quantization step changed, e.g. how many layers int4 packed
 
     def describe(self) -> str:
         return (
             f"quantization={self.placement.quantization} dtype={self.placement.dtype} "
             f"device={self.placement.device} footprint={self.footprint_bytes / 2**20:.1f} MiB "
-            f"load={self.seconds:.1f} s"
+            f"load={self.seconds:.1f} s" + (f" ({self.detail})" if self.detail else "")
         )
 
 
@@ -94,13 +95,27 @@ def load_pretrained(
         )
     except (OSError, ValueError, ImportError, RuntimeError) as exc:
         raise ModelLoadError(f"loading {model_dir} failed: {type(exc).__name__}: {exc}") from exc
+    return finish_load(model, processor, placement, started)
+
+
+def finish_load(model: Any, processor: Any, placement: Placement, started: float) -> Loaded:
+    """The steps after `from_pretrained` that every loader shares: eval mode, the int4
+    packing (which `from_pretrained` cannot do), and the footprint the load log reports."""
     model.eval()
+    detail = ""
+    if placement.quantization == "int4":
+        import torch
+
+        from shared.int4 import quantize_linears
+
+        detail = quantize_linears(model, getattr(torch, placement.dtype)).describe()
     return Loaded(
         model=model,
         processor=processor,
         placement=placement,
         footprint_bytes=int(model.get_memory_footprint()),
         seconds=time.perf_counter() - started,
+        detail=detail,
     )
 
 

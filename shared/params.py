@@ -132,14 +132,14 @@ def load_params(
             "none",
             choices=QUANTIZATIONS,
             env_aliases=tuple(aliases.get("quantization", ())),
-            doc="bitsandbytes quantization",
+            doc="int8/nf4/fp4: bitsandbytes; int4: torch's CPU kernel (shared.int4)",
         ),
         Param(
             "dtype",
             "auto",
             choices=DTYPES,
             env_aliases=tuple(aliases.get("dtype", ())),
-            doc="compute dtype; auto: float32 on CPU, float16 on GPU",
+            doc="compute dtype; auto: float32 on CPU (bfloat16 with int4), float16 on GPU",
         ),
         Param(
             "num_threads",

@@ -1,6 +1,7 @@
 """Quantization, dtype and device: from configuration strings to `from_pretrained` arguments.
 
-bitsandbytes does the quantization (`int8`, `nf4`, `fp4`), on CUDA and on the CPU. What the
+bitsandbytes does the quantization (`int8`, `nf4`, `fp4`), on CUDA and on the CPU; `int4` is
+torch's own weight-only int4 CPU kernel (shared.int4), the fastest setting on a CPU. What the
 platform cannot do fails the load with the reason; there is no silent fallback to another
 setting, because an operator who asked for nf4 to fit a GPU must not get fp32 instead.
 """
@@ -13,7 +14,8 @@ from typing import Any
 
 from shared.errors import ModelLoadError
 
-QUANTIZATIONS = ("none", "int8", "nf4", "fp4")
+QUANTIZATIONS = ("none", "int8", "nf4", "fp4", "int4")
+BITSANDBYTES = ("int8", "nf4", "fp4")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
@@ -23,7 +25,7 @@ class Placement:
 
     device: str  # "cpu" or "cuda:<n>"
     dtype: str  # resolved: float32 | float16 | bfloat16
-    quantization: str  # none | int8 | nf4 | fp4
+    quantization: str  # none | int8 | nf4 | fp4 | int4
 
 
 def resolve_device(instance_kind: str, device_id: str | int) -> str:
@@ -54,9 +56,15 @@ def resolve_placement(quantization: str, dtype: str, device: str) -> Placement:
     if dtype not in DTYPES:
         raise ModelLoadError(f"dtype {dtype!r} is not one of {DTYPES}")
     on_cpu = device == "cpu"
+    if quantization == "int4" and not on_cpu:
+        raise ModelLoadError(
+            "quantization 'int4' uses torch's CPU kernel and runs on the CPU only; "
+            "on a GPU use nf4 (smallest) or none (fastest)"
+        )
     if dtype == "auto":
-        dtype = "float32" if on_cpu else "float16"
-    if quantization != "none" and importlib.util.find_spec("bitsandbytes") is None:
+        # int4's kernel is vectorized for bfloat16 activations only (float32 is ~10x slower).
+        dtype = ("bfloat16" if quantization == "int4" else "float32") if on_cpu else "float16"
+    if quantization in BITSANDBYTES and importlib.util.find_spec("bitsandbytes") is None:
         raise ModelLoadError(
             f"quantization {quantization!r} needs the bitsandbytes package, which is not installed"
         )

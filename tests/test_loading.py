@@ -63,7 +63,7 @@ def test_placement_resolution() -> None:
     assert resolve_placement("none", "auto", "cpu").dtype == "float32"
     assert resolve_placement("nf4", "bfloat16", "cpu").quantization == "nf4"
     with pytest.raises(ModelLoadError, match="not one of"):
-        resolve_placement("int4", "auto", "cpu")
+        resolve_placement("int2", "auto", "cpu")
     with pytest.raises(ModelLoadError, match="float16 is not supported on the CPU"):
         resolve_placement("none", "float16", "cpu")
 

@@ -117,7 +117,7 @@ def test_translate_and_transcribe_are_separate_calls(multilingual, monkeypatch) 
     assert sizes == [1, 1]
 
 
-@pytest.mark.parametrize("quantization", ["int8", "nf4", "fp4"])
+@pytest.mark.parametrize("quantization", ["int8", "nf4", "fp4", "int4"])
 def test_quantized_load_and_transcribe(model_store: Path, quantization: str) -> None:
     engine = WhisperEngine.load(
         model_store / "whisper-tiny-random", resolve_placement(quantization, "auto", "cpu")
