@@ -460,22 +460,29 @@ def test_setup_ratios_report_identical_answers_and_word_error_rate() -> None:
     assert ratios["nf4 bfloat16 batch 8: word error rate"] == pytest.approx(1 / 5)
 
 
-def test_setups_are_quantization_dtype_pairs() -> None:
+def test_setups_are_quantization_dtype_pairs_with_optional_settings() -> None:
     import argparse
 
-    from scripts.loadtest_lib import benchmarks
+    from scripts.loadtest_lib.benchmarks import Setup, parse_setups
 
-    assert benchmarks.parse_setups("none:float32,nf4:bfloat16") == [
-        ("none", "float32"),
-        ("nf4", "bfloat16"),
+    assert parse_setups("none:float32,int4:bfloat16:kv_cache=static") == [
+        Setup("none", "float32"),
+        Setup("int4", "bfloat16", (("kv_cache", "static"),)),
     ]
-    with pytest.raises(argparse.ArgumentTypeError, match="QUANTIZATION:DTYPE, got 'nf4'"):
-        benchmarks.parse_setups("nf4")
-    assert benchmarks.setup_env("llm", "nf4", "bfloat16") == {
+    for bad in ("nf4", "nf4:", "nf4:bfloat16:kv_cache", "nf4:bfloat16:=static"):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"NAME=VALUE...], got '{bad}'"):
+            parse_setups(bad)
+    assert Setup("nf4", "bfloat16").env("llm") == {
         "LLM_QUANTIZATION": "nf4",
         "LLM_DTYPE": "bfloat16",
     }
-    assert benchmarks.setup_env("stt", "none", "auto") == {"STT_QUANTIZATION": "none"}
+    assert Setup("none", "auto").env("stt") == {"STT_QUANTIZATION": "none"}
+    static = Setup("int4", "auto", (("kv_cache", "static"),))
+    assert static.env("vlm_stream") == {
+        "VLM_STREAM_QUANTIZATION": "int4",
+        "VLM_STREAM_KV_CACHE": "static",
+    }
+    assert static.name == "int4 auto kv_cache=static"
 
 
 def test_quantization_series_are_named_by_dtype_only_when_dtypes_are_compared() -> None:

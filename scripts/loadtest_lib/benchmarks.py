@@ -21,6 +21,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -227,7 +228,7 @@ def cmd_quantization(args: argparse.Namespace, argv: list[str]) -> int:
                             results,
                             model,
                             repo,
-                            {**env, **setup_env(model, quantization, dtype)},
+                            {**env, **Setup(quantization, dtype).env(model)},
                             name,
                             work,
                             before_sweep=after_load,
@@ -512,13 +513,13 @@ def cmd_numerics(args: argparse.Namespace, argv: list[str]) -> int:
         for model in _models(args):
             model_dir, entry, samples = _entry(args, results, model, work)
             runs: dict[str, Any] = {}
-            for quantization, dtype in args.setups:
-                runs[f"{quantization} {dtype}"] = inprocess.measure(
+            for setup in args.setups:
+                runs[setup.name] = inprocess.measure(
                     model_dir,
                     samples,
                     sorted(set(args.batch_sizes)),
                     lambda size: settings.request_count(size) or max(args.samples, size),
-                    {**env, **setup_env(model, quantization, dtype)},
+                    {**env, **setup.env(model)},
                     cli.progress,
                 )
             entry["in_process"] = runs
@@ -526,23 +527,40 @@ def cmd_numerics(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
-def setup_env(model: str, quantization: str, dtype: str) -> dict[str, str]:
-    """The environment that gives `model` this quantization and dtype; dtype `auto` sets
-    nothing, so the model's own setting (config.pbtxt, --env) applies."""
-    env = {env_name(model, "quantization"): quantization}
-    if dtype != "auto":
-        env[env_name(model, "dtype")] = dtype
-    return env
+@dataclass(frozen=True)
+class Setup:
+    """A numeric setup to compare: quantization, dtype, and further model settings (such as
+    kv_cache=static), each given to the model through its <MODEL>_<NAME> variable."""
+
+    quantization: str
+    dtype: str
+    settings: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def name(self) -> str:
+        return " ".join([self.quantization, self.dtype, *(f"{k}={v}" for k, v in self.settings)])
+
+    def env(self, model: str) -> dict[str, str]:
+        """dtype `auto` sets nothing, so the model's own setting (config.pbtxt, --env) applies."""
+        env = {env_name(model, "quantization"): self.quantization}
+        if self.dtype != "auto":
+            env[env_name(model, "dtype")] = self.dtype
+        env.update({env_name(model, k): v for k, v in self.settings})
+        return env
 
 
-def parse_setups(text: str) -> list[tuple[str, str]]:
-    """`none:float32,nf4:bfloat16` -> [("none", "float32"), ("nf4", "bfloat16")]."""
+def parse_setups(text: str) -> list[Setup]:
+    """`none:float32,int4:bfloat16:kv_cache=static` -> QUANTIZATION:DTYPE[:NAME=VALUE...]."""
     setups = []
     for item in cli.str_list(text):
-        quantization, sep, dtype = item.partition(":")
-        if not sep or not quantization or not dtype:
-            raise argparse.ArgumentTypeError(f"a setup is QUANTIZATION:DTYPE, got {item!r}")
-        setups.append((quantization, dtype))
+        parts = item.split(":")
+        quantization, dtype = parts[0], parts[1] if len(parts) > 1 else ""
+        settings = tuple(part.partition("=")[::2] for part in parts[2:])
+        if not quantization or not dtype or any(not k or not v for k, v in settings):
+            raise argparse.ArgumentTypeError(
+                f"a setup is QUANTIZATION:DTYPE[:NAME=VALUE...], got {item!r}"
+            )
+        setups.append(Setup(quantization, dtype, settings))
     return setups
 
 

@@ -30,7 +30,6 @@ from .benchmarks import (
     _server_env,
     http_process,
     parse_setups,
-    setup_env,
     triton_generator_levels,
 )
 from .inputs import is_decoupled, read_config
@@ -97,17 +96,16 @@ def cmd_peers(args: argparse.Namespace, argv: list[str]) -> int:
             results["models"][model] = entry
             repo = repository_copy(args.repository, [model], work / f"repo-{model}")
             ours = []
-            for quantization, dtype in args.setups:
-                setup = f"{quantization} {dtype}"
-                name = f"triton ({args.triton_protocol}, {setup})"
-                server_env = {**env, **setup_env(model, quantization, dtype)}
-                log = work / f"{model}-{quantization}-{dtype}-triton.log"
+            for setup in args.setups:
+                name = f"triton ({args.triton_protocol}, {setup.name})"
+                server_env = {**env, **setup.env(model)}
+                log = work / f"{model}-{setup.name.replace(' ', '-')}-triton.log"
                 entry["series"][name] = {
                     "levels": triton_generator_levels(
-                        args, repo, model, server_env, samples, log, f"triton ({setup})"
+                        args, repo, model, server_env, samples, log, f"triton ({setup.name})"
                     )
                 }
-                ours.append((setup, name))
+                ours.append((setup.name, name))
             theirs = f"llama-server ({args.slots} slots, {args.threads} threads)"
             port = free_port()
             cli.progress(f"{model}: starting llama-server on {args.gguf.name}")
