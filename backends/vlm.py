@@ -36,9 +36,6 @@ from shared.logs import quiet_repeated_warnings
 from shared.quantization import Placement
 
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
-#: transformers' cache implementations offered: "static" allocates the keys and values of the
-#: whole batch (prompt + max_new_tokens) once per generate() instead of growing them each step.
-KV_CACHES = ("dynamic", "static")
 _SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
 _ROW_MAJOR_MASK = "pixel_attention_mask"
 
@@ -111,12 +108,7 @@ def _processor_class_name(model_dir: Path) -> str | None:
 class VlmEngine:
     """A loaded image-text-to-text checkpoint that generates for batches of rows."""
 
-    def __init__(
-        self, loaded: Loaded, max_new_tokens_limit: int, kv_cache: str = "dynamic"
-    ) -> None:
-        if kv_cache not in KV_CACHES:
-            raise ModelLoadError(f"kv_cache {kv_cache!r} is not one of {KV_CACHES}")
-        self.kv_cache = kv_cache
+    def __init__(self, loaded: Loaded, max_new_tokens_limit: int) -> None:
         self._loaded = loaded
         self.model = loaded.model
         self.processor = loaded.processor
@@ -148,7 +140,6 @@ class VlmEngine:
         placement: Placement,
         *,
         attn_implementation: str = "sdpa",
-        kv_cache: str = "dynamic",
         max_new_tokens_limit: int = 1024,
     ) -> VlmEngine:
         from transformers import AutoModelForImageTextToText
@@ -161,13 +152,12 @@ class VlmEngine:
             placement,
             model_kwargs={"attn_implementation": attn_implementation},
         )
-        return cls(loaded, max_new_tokens_limit, kv_cache)
+        return cls(loaded, max_new_tokens_limit)
 
     def describe(self) -> str:
         return (
             f"{type(self.model).__name__} context={self.context_length} "
-            f"attention={self.model.config._attn_implementation} kv_cache={self.kv_cache} "
-            f"{self._loaded.describe()}"
+            f"attention={self.model.config._attn_implementation} {self._loaded.describe()}"
         )
 
     # --- per row: the prompt, as the model will see it ---------------------------------------
@@ -231,7 +221,6 @@ class VlmEngine:
             no_repeat_ngram_size=0,
             eos_token_id=list(self.eos_token_ids),
             pad_token_id=self.pad_token_id,
-            cache_implementation=None if self.kv_cache == "dynamic" else self.kv_cache,
         )
         with torch.inference_mode():
             self.model.generate(

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from backends.vlm import ATTENTION_IMPLEMENTATIONS, KV_CACHES, EngineRow, VlmEngine
+from backends.vlm import ATTENTION_IMPLEMENTATIONS, EngineRow, VlmEngine
 from backends.vlm_sampling import RowSink, Sampling
 from shared.chat import (
     MAX_STOP_CHARS,
@@ -52,12 +52,6 @@ def chat_params(default_model_path: str, *, images: bool) -> list[Param]:
             choices=ATTENTION_IMPLEMENTATIONS,
             env_aliases=("ATTENTION_IMPL",),
             doc="attention kernels (flash_attention_2 needs the flash-attn package and a GPU)",
-        ),
-        Param(
-            "kv_cache",
-            "dynamic",
-            choices=KV_CACHES,
-            doc="dynamic: grows per step; static: preallocated per batch (faster steps on a CPU)",
         ),
         Param(
             "max_new_tokens",
@@ -160,7 +154,6 @@ class ChatService:
             plan.model_dir,
             plan.placement,
             attn_implementation=plan.settings["attn_implementation"],
-            kv_cache=plan.settings["kv_cache"],
             max_new_tokens_limit=plan.settings["max_new_tokens_limit"],
         )
         return cls(engine, plan.settings)
