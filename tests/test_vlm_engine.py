@@ -235,7 +235,7 @@ def test_bad_options_are_refused_naming_the_input(
     assert expected in caught.value.message
 
 
-@pytest.mark.parametrize("quantization", ["int8", "nf4"])
+@pytest.mark.parametrize("quantization", ["int8", "nf4", "int4"])
 def test_quantized_checkpoints_load_and_generate(model_store: Path, quantization: str) -> None:
     quantized = make_service(model_store, "smolvlm-tiny-random", quantization, max_new_tokens=4)
     assert f"quantization={quantization}" in quantized.engine.describe()
