@@ -465,11 +465,11 @@ def test_setups_are_quantization_dtype_pairs_with_optional_settings() -> None:
 
     from scripts.loadtest_lib.benchmarks import Setup, parse_setups
 
-    assert parse_setups("none:float32,int4:bfloat16:kv_cache=static") == [
+    assert parse_setups("none:float32,int4:bfloat16:num_threads=1") == [
         Setup("none", "float32"),
-        Setup("int4", "bfloat16", (("kv_cache", "static"),)),
+        Setup("int4", "bfloat16", (("num_threads", "1"),)),
     ]
-    for bad in ("nf4", "nf4:", "nf4:bfloat16:kv_cache", "nf4:bfloat16:=static"):
+    for bad in ("nf4", "nf4:", "nf4:bfloat16:num_threads", "nf4:bfloat16:=static"):
         with pytest.raises(argparse.ArgumentTypeError, match=f"NAME=VALUE...], got '{bad}'"):
             parse_setups(bad)
     assert Setup("nf4", "bfloat16").env("llm") == {
@@ -477,12 +477,12 @@ def test_setups_are_quantization_dtype_pairs_with_optional_settings() -> None:
         "LLM_DTYPE": "bfloat16",
     }
     assert Setup("none", "auto").env("stt") == {"STT_QUANTIZATION": "none"}
-    static = Setup("int4", "auto", (("kv_cache", "static"),))
+    static = Setup("int4", "auto", (("num_threads", "1"),))
     assert static.env("vlm_stream") == {
         "VLM_STREAM_QUANTIZATION": "int4",
-        "VLM_STREAM_KV_CACHE": "static",
+        "VLM_STREAM_NUM_THREADS": "1",
     }
-    assert static.name == "int4 auto kv_cache=static"
+    assert static.name == "int4 auto num_threads=1"
 
 
 def test_quantization_series_are_named_by_dtype_only_when_dtypes_are_compared() -> None:

@@ -530,7 +530,7 @@ def cmd_numerics(args: argparse.Namespace, argv: list[str]) -> int:
 @dataclass(frozen=True)
 class Setup:
     """A numeric setup to compare: quantization, dtype, and further model settings (such as
-    kv_cache=static), each given to the model through its <MODEL>_<NAME> variable."""
+    num_threads=1), each given to the model through its <MODEL>_<NAME> variable."""
 
     quantization: str
     dtype: str
@@ -550,7 +550,7 @@ class Setup:
 
 
 def parse_setups(text: str) -> list[Setup]:
-    """`none:float32,int4:bfloat16:kv_cache=static` -> QUANTIZATION:DTYPE[:NAME=VALUE...]."""
+    """`none:float32,int4:bfloat16:num_threads=1` -> QUANTIZATION:DTYPE[:NAME=VALUE...]."""
     setups = []
     for item in cli.str_list(text):
         parts = item.split(":")
