@@ -458,6 +458,11 @@ def test_setup_ratios_report_identical_answers_and_word_error_rate() -> None:
     assert ratios["nf4 bfloat16 batch 8: throughput vs. none float32"] == 1.5
     assert ratios["nf4 bfloat16 batch 8: answers identical to none float32 (share)"] == 0.5
     assert ratios["nf4 bfloat16 batch 8: word error rate"] == pytest.approx(1 / 5)
+    # "Thank you." and "Thank you, too." share "Thank you" (9 of 10 characters); "Open the door." all
+    shared = ratios[
+        "nf4 bfloat16 batch 8: shared start with none float32 (mean share of its answer)"
+    ]
+    assert shared == pytest.approx((1.0 + 9 / 10) / 2)
 
 
 def test_setups_are_quantization_dtype_pairs_with_optional_settings() -> None:

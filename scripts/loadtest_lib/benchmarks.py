@@ -564,9 +564,18 @@ def parse_setups(text: str) -> list[Setup]:
     return setups
 
 
+def shared_start(a: str, b: str) -> int:
+    """How many characters `a` and `b` have in common from the start."""
+    return next(
+        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )
+
+
 def setup_ratios(runs: dict[str, Any], samples: list[Any]) -> dict[str, float]:
-    """Per setup and batch size: throughput and identical answers against the first setup;
-    word error rate where the samples are speech with their spoken text in the note."""
+    """Per setup and batch size: throughput and identical answers against the first setup,
+    and how far answers agree before they part (the mean share of the first setup's answer
+    that is also the start of this one's: 1.0 identical, near 0 different from the first
+    word); word error rate where the samples are speech with their spoken text in the note."""
     from tests.speech import word_error_rate, words
 
     out: dict[str, float] = {}
@@ -588,6 +597,14 @@ def setup_ratios(runs: dict[str, Any], samples: list[Any]) -> dict[str, float]:
                 out[f"{key}: answers identical to {base_name} (share)"] = same / max(
                     len(answers), 1
                 )
+                shared = [
+                    shared_start(theirs[i], text) / max(len(theirs[i]), 1)
+                    for i, text in answers.items()
+                    if i in theirs
+                ]
+                out[f"{key}: shared start with {base_name} (mean share of its answer)"] = sum(
+                    shared
+                ) / max(len(shared), 1)
             if answers and "audio" in samples[0].inputs:  # speech: "...: the spoken text"
                 spoken = {str(i): s.note.split(": ", 1)[-1] for i, s in enumerate(samples)}
                 reference_words = sum(len(words(spoken[i])) for i in answers)
