@@ -106,3 +106,29 @@ def test_int4_placement() -> None:
     assert "quantization_config" not in pretrained_kwargs(placement)
     with pytest.raises(ModelLoadError, match="runs on the CPU only; on a GPU use nf4"):
         resolve_placement("int4", "auto", "cuda:0")
+
+
+def test_the_default_smollm2_packed_as_int4_answers_as_in_float32(model_store) -> None:
+    """The shipped checkpoint's layers are the GGUF's Q4_1 ones: packed as int4 and computed
+    with float32 activations, the model gives float32's greedy tokens, batched."""
+    from backends.vlm import VlmEngine
+    from backends.vlm_chat import ChatService, chat_params
+    from shared.chat import ChatRequest
+    from shared.params import resolve
+
+    def service(quantization: str) -> ChatService:
+        config = {"parameters": {"max_new_tokens": {"string_value": "6"}}}
+        settings = resolve(chat_params("smolvlm-256m-smollm2", images=False), config, "llm", {})
+        placement = resolve_placement(quantization, "float32", "cpu")
+        engine = VlmEngine.load(model_store / "smolvlm-256m-smollm2", placement)
+        return ChatService(engine, settings)
+
+    requests = [ChatRequest("What is the capital of France?"), ChatRequest("Name a colour.")]
+    answers = {}
+    for quantization in ("none", "int4"):
+        chat = service(quantization)
+        answers[quantization] = [c.token_ids for c in chat.run([chat.prepare(r) for r in requests])]
+    assert (
+        "int4 linear layers: " in chat.engine.describe() and "(lm_head)" in chat.engine.describe()
+    )
+    assert answers["int4"] == answers["none"] and all(len(ids) == 6 for ids in answers["none"])
