@@ -83,8 +83,11 @@ class Int4Report:
     kept: list[str]
 
     def describe(self) -> str:
-        kept = f", kept {len(self.kept)} ({', '.join(self.kept[:4])}{' ...' if len(self.kept) > 4 else ''})"
-        return f"int4 linear layers: {self.converted}{kept if self.kept else ''}"
+        text = f"int4 linear layers: {self.converted}"
+        if self.kept:
+            names = ", ".join(self.kept[:4]) + (" ..." if len(self.kept) > 4 else "")
+            text += f", kept {len(self.kept)} ({names})"
+        return text
 
 
 def packable(linear: nn.Linear) -> bool:

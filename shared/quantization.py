@@ -1,9 +1,9 @@
 """Quantization, dtype and device: from configuration strings to `from_pretrained` arguments.
 
 bitsandbytes does the quantization (`int8`, `nf4`, `fp4`), on CUDA and on the CPU; `int4` is
-torch's own weight-only int4 CPU kernel (shared.int4), the fastest setting on a CPU. What the
-platform cannot do fails the load with the reason; there is no silent fallback to another
-setting, because an operator who asked for nf4 to fit a GPU must not get fp32 instead.
+torch's own weight-only int4 CPU kernel (shared.int4), the fastest for a lone text request on
+a CPU. What the platform cannot do fails the load with the reason; there is no silent fallback
+to another setting, because an operator who asked for nf4 to fit a GPU must not get fp32.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def resolve_placement(quantization: str, dtype: str, device: str) -> Placement:
             "on a GPU use nf4 (smallest) or none (fastest)"
         )
     if dtype == "auto":
-        # int4's kernel is vectorized for bfloat16 activations only (float32 is ~10x slower).
+        # int4's kernel is fast for bfloat16 activations only (measured over 10x slower in float32).
         dtype = ("bfloat16" if quantization == "int4" else "float32") if on_cpu else "float16"
     if quantization in BITSANDBYTES and importlib.util.find_spec("bitsandbytes") is None:
         raise ModelLoadError(

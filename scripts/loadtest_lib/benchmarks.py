@@ -65,7 +65,7 @@ def add_arguments(parsers: dict[str, argparse.ArgumentParser]) -> None:
         "--setups",
         type=parse_setups,
         default=[("none", "float32"), ("none", "bfloat16"), ("nf4", "bfloat16")],
-        help="QUANTIZATION:DTYPE pairs; the first is the reference "
+        help="QUANTIZATION:DTYPE[:NAME=VALUE...] setups; the first is the reference "
         "(default none:float32,none:bfloat16,nf4:bfloat16)",
     )
     parsers["baseline"].add_argument(

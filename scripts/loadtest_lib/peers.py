@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--setups",
         type=parse_setups,
         default=[("none", "auto")],
-        help="one Triton series per QUANTIZATION:DTYPE (default none:auto, the shipped config)",
+        help="one Triton series per QUANTIZATION:DTYPE[:NAME=VALUE...] (default none:auto, the shipped config)",
     )
     parser.add_argument(
         "--triton-protocol",
