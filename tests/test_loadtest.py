@@ -528,3 +528,18 @@ def test_load_facts_read_every_models_load_line(tmp_path: Path) -> None:
     assert tts["footprint_mib"] == 30.8 and tts["load_s"] == 1.7
     assert tts["describe"].startswith("piper voice=en_US-joe-medium")
     assert local.load_facts(log, "vlm") == {}
+
+
+def test_setups_default_to_parsed_setups() -> None:
+    """Without --setups, numerics and peers get Setup values like any given list."""
+    from scripts.loadtest_lib.benchmarks import Setup
+    from scripts.loadtest_lib.cli import parse_args
+
+    numerics = parse_args(["numerics", "-m", "llm"])
+    assert numerics.setups == [
+        Setup("none", "float32"),
+        Setup("none", "bfloat16"),
+        Setup("nf4", "bfloat16"),
+    ]
+    peers = parse_args(["peers", "-m", "llm", "--llama-server", "x", "--gguf", "y"])
+    assert peers.setups == [Setup("none", "auto")]

@@ -64,9 +64,9 @@ def add_arguments(parsers: dict[str, argparse.ArgumentParser]) -> None:
     parsers["numerics"].add_argument(
         "--setups",
         type=parse_setups,
-        default=[("none", "float32"), ("none", "bfloat16"), ("nf4", "bfloat16")],
+        default="none:float32,none:bfloat16,nf4:bfloat16",  # argparse parses it with `type`
         help="QUANTIZATION:DTYPE[:NAME=VALUE...] setups; the first is the reference "
-        "(default none:float32,none:bfloat16,nf4:bfloat16)",
+        "(default %(default)s)",
     )
     parsers["baseline"].add_argument(
         "--triton-protocol",

@@ -54,8 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--setups",
         type=parse_setups,
-        default=[("none", "auto")],
-        help="one Triton series per QUANTIZATION:DTYPE[:NAME=VALUE...] (default none:auto, the shipped config)",
+        default="none:auto",  # argparse parses it with `type`
+        help="one Triton series per QUANTIZATION:DTYPE[:NAME=VALUE...] "
+        "(default %(default)s, the shipped config)",
     )
     parser.add_argument(
         "--triton-protocol",
