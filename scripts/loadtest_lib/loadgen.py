@@ -104,63 +104,56 @@ class HttpJsonTarget:
         import aiohttp
 
         self.url = url
-        self.bodies = [json_body(sample) for sample in samples]
+        self.bodies = [self.body(sample) for sample in samples]
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=concurrency),
             timeout=aiohttp.ClientTimeout(total=None),
         )
+
+    def body(self, sample: Sample) -> dict[str, Any]:
+        return json_body(sample)
+
+    @staticmethod
+    def answer(reply: dict[str, Any]) -> Answer | None:
+        if "completion_tokens" not in reply:
+            return None
+        return Answer(str(reply["text"]), int(reply["completion_tokens"]))
 
     async def send(self, index: int) -> Answer | None:
         async with self.session.post(self.url, json=self.bodies[index]) as response:
             body = await response.read()
             if response.status != 200:
                 raise RuntimeError(f"{self.url}: HTTP {response.status}: {body[:300]!r}")
-        answer = json.loads(body)
-        if "completion_tokens" not in answer:
-            return None
-        return Answer(str(answer["text"]), int(answer["completion_tokens"]))
+        return self.answer(json.loads(body))
 
     async def close(self) -> None:
         await self.session.close()
 
 
-class OpenAiChatTarget:
+class OpenAiChatTarget(HttpJsonTarget):
     """An OpenAI-compatible `/v1/chat/completions` endpoint (llama-server, vLLM, Ollama):
     each sample's prompt as one user message, greedy, at most `max_tokens` new tokens."""
 
     def __init__(
         self, url: str, samples: Sequence[Sample], concurrency: int, max_tokens: int
     ) -> None:
-        import aiohttp
+        self.max_tokens = max_tokens
+        super().__init__(url, samples, concurrency)
 
-        self.url = url
-        self.bodies = [
-            {
-                "messages": [{"role": "user", "content": sample.inputs["prompt"]}],
-                "max_tokens": max_tokens,
-                "temperature": 0.0,
-                "stream": False,
-            }
-            for sample in samples
-        ]
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=concurrency),
-            timeout=aiohttp.ClientTimeout(total=None),
-        )
+    def body(self, sample: Sample) -> dict[str, Any]:
+        return {
+            "messages": [{"role": "user", "content": sample.inputs["prompt"]}],
+            "max_tokens": self.max_tokens,
+            "temperature": 0.0,
+            "stream": False,
+        }
 
-    async def send(self, index: int) -> Answer:
-        async with self.session.post(self.url, json=self.bodies[index]) as response:
-            body = await response.read()
-            if response.status != 200:
-                raise RuntimeError(f"{self.url}: HTTP {response.status}: {body[:300]!r}")
-        answer = json.loads(body)
+    @staticmethod
+    def answer(reply: dict[str, Any]) -> Answer:
         return Answer(
-            str(answer["choices"][0]["message"]["content"]),
-            int(answer["usage"]["completion_tokens"]),
+            str(reply["choices"][0]["message"]["content"]),
+            int(reply["usage"]["completion_tokens"]),
         )
-
-    async def close(self) -> None:
-        await self.session.close()
 
 
 @dataclass
