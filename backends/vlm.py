@@ -14,7 +14,9 @@ known, and checked, before the batch forms):
 * Idefics3 / SmolVLM: `pixel_values` is (rows, images, 3, H, W) with a `pixel_attention_mask`;
   rows with fewer or smaller images are zero-padded, which the model recognises as padding.
 
-Token sequences are left-padded, so all rows continue from the same position.
+Token sequences are left-padded, so all rows continue from the same position. Decoding is
+transformers' `generate()`, or for Llama text models on a CPU the fused decoder
+(`backends.vlm_decode`, setting `decoder`): the same prompt pass, then leaner steps.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 
 import torch
 
+from backends.vlm_decode import DecodeState, FusedDecoder, unsupported_reason
 from backends.vlm_sampling import RowSampler, RowSink, RowTracker, Sampling
 from shared.chat import Completion, Message, template_messages
 from shared.errors import ModelLoadError, invalid
@@ -36,6 +39,8 @@ from shared.logs import quiet_repeated_warnings
 from shared.quantization import Placement
 
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+#: auto: the fused decoder on a CPU where the model supports it, else generate().
+DECODERS = ("auto", "fused", "generate")
 _SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
 _ROW_MAJOR_MASK = "pixel_attention_mask"
 
@@ -108,7 +113,7 @@ def _processor_class_name(model_dir: Path) -> str | None:
 class VlmEngine:
     """A loaded image-text-to-text checkpoint that generates for batches of rows."""
 
-    def __init__(self, loaded: Loaded, max_new_tokens_limit: int) -> None:
+    def __init__(self, loaded: Loaded, max_new_tokens_limit: int, decoder: str = "auto") -> None:
         self._loaded = loaded
         self.model = loaded.model
         self.processor = loaded.processor
@@ -132,6 +137,19 @@ class VlmEngine:
             reverse=True,
         )
         self._special = re.compile("|".join(map(re.escape, special))) if special else None
+        self.fused = self._fused_decoder(decoder)
+
+    def _fused_decoder(self, decoder: str) -> FusedDecoder | None:
+        if decoder not in DECODERS:
+            raise ModelLoadError(f"setting 'decoder' is {decoder!r}; allowed: {DECODERS}")
+        if decoder == "generate" or (decoder == "auto" and self.device.type != "cpu"):
+            return None
+        reason = unsupported_reason(self.model)
+        if reason is None:
+            return FusedDecoder(self.model)
+        if decoder == "fused":
+            raise ModelLoadError(f"setting 'decoder' is 'fused', but {reason}")
+        return None
 
     @classmethod
     def load(
@@ -141,6 +159,7 @@ class VlmEngine:
         *,
         attn_implementation: str = "sdpa",
         max_new_tokens_limit: int = 1024,
+        decoder: str = "auto",
     ) -> VlmEngine:
         from transformers import AutoModelForImageTextToText
 
@@ -152,12 +171,13 @@ class VlmEngine:
             placement,
             model_kwargs={"attn_implementation": attn_implementation},
         )
-        return cls(loaded, max_new_tokens_limit)
+        return cls(loaded, max_new_tokens_limit, decoder)
 
     def describe(self) -> str:
         return (
             f"{type(self.model).__name__} context={self.context_length} "
-            f"attention={self.model.config._attn_implementation} {self._loaded.describe()}"
+            f"attention={self.model.config._attn_implementation} "
+            f"decoder={'fused' if self.fused else 'generate'} {self._loaded.describe()}"
         )
 
     # --- per row: the prompt, as the model will see it ---------------------------------------
@@ -197,14 +217,13 @@ class VlmEngine:
                 f"{self.context_length} tokens leaves room for {room}"
             )
 
-    # --- per batch: one generate() ---------------------------------------------------------
+    # --- per batch: one prompt pass, then one decoding step per token for all rows --------
 
     def generate(
         self, rows: Sequence[EngineRow], sinks: Sequence[RowSink | None] | None = None
     ) -> list[Completion]:
-        """Generate for every row in one `generate()` call (per-row options: vlm_sampling)."""
-        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
-
+        """Generate for every row at once (per-row options: vlm_sampling), with the fused
+        decoder where it runs (backends.vlm_decode), else one `generate()` call."""
         sinks = list(sinks) if sinks is not None else [None] * len(rows)
         samplings = [row.sampling for row in rows]
         tracker = RowTracker(self.tokenizer, samplings, sinks, self.eos_token_ids)
@@ -213,8 +232,25 @@ class VlmEngine:
             return tracker.completions(prompt_tokens)
         batch, starts = self._collate([row.encoded for row in rows])
         sampler = RowSampler(samplings, starts, self.device)
+        max_new_tokens = max(s.max_new_tokens for s in samplings)
+        with torch.inference_mode():
+            if self.fused is not None:
+                self._decode_fused(self.fused, batch, max_new_tokens, sampler, tracker)
+            else:
+                self._generate(batch, max_new_tokens, sampler, tracker)
+        return tracker.completions(prompt_tokens)
+
+    def _generate(
+        self,
+        batch: dict[str, torch.Tensor],
+        max_new_tokens: int,
+        sampler: RowSampler,
+        tracker: RowTracker,
+    ) -> None:
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
         config = GenerationConfig(
-            max_new_tokens=max(s.max_new_tokens for s in samplings),
+            max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=1,
             repetition_penalty=1.0,  # per row, in RowSampler
@@ -222,14 +258,53 @@ class VlmEngine:
             eos_token_id=list(self.eos_token_ids),
             pad_token_id=self.pad_token_id,
         )
-        with torch.inference_mode():
-            self.model.generate(
-                **batch,
-                generation_config=config,
-                logits_processor=LogitsProcessorList([sampler] if sampler.needed else []),
-                stopping_criteria=StoppingCriteriaList([tracker]),
-            )
-        return tracker.completions(prompt_tokens)
+        self.model.generate(
+            **batch,
+            generation_config=config,
+            logits_processor=LogitsProcessorList([sampler] if sampler.needed else []),
+            stopping_criteria=StoppingCriteriaList([tracker]),
+        )
+
+    def _decode_fused(
+        self,
+        decoder: FusedDecoder,
+        batch: dict[str, torch.Tensor],
+        max_new_tokens: int,
+        sampler: RowSampler,
+        tracker: RowTracker,
+    ) -> None:
+        """The prompt pass through the model (images included), then fused steps; finished
+        rows leave the batch."""
+        from transformers import DynamicCache
+
+        mask = batch["attention_mask"]
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        cache = DynamicCache(config=self.model.config.get_text_config())
+        output = self.model(
+            **batch, past_key_values=cache, position_ids=positions, use_cache=True, logits_to_keep=1
+        )
+        logits = output.logits[:, -1].float()
+        del output
+        state = DecodeState(cache, mask, max_new_tokens)
+        del cache
+        input_ids = batch["input_ids"]  # what the repetition penalty looks at
+        rows = list(range(input_ids.shape[0]))
+        for _ in range(max_new_tokens):
+            if sampler.needed:
+                logits = sampler.apply(input_ids, logits, rows)
+            tokens = logits.argmax(dim=-1)
+            done = tracker.advance(rows, tokens.tolist())
+            if all(done):
+                return
+            if any(done):
+                going = [j for j, finished in enumerate(done) if not finished]
+                keep = torch.tensor(going, device=tokens.device)
+                rows = [rows[j] for j in going]
+                tokens, input_ids = tokens[keep], input_ids[keep]
+                state.keep(keep)
+            if sampler.needed:
+                input_ids = torch.cat([input_ids, tokens[:, None]], dim=-1)
+            logits = decoder.step(tokens, state)
 
     def _collate(self, rows: Sequence[Encoded]) -> tuple[dict[str, torch.Tensor], list[int]]:
         """One left-padded batch from per-row encodings (see the module doc for images)."""

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from backends.vlm import ATTENTION_IMPLEMENTATIONS, EngineRow, VlmEngine
+from backends.vlm import ATTENTION_IMPLEMENTATIONS, DECODERS, EngineRow, VlmEngine
 from backends.vlm_sampling import RowSink, Sampling
 from shared.chat import (
     MAX_STOP_CHARS,
@@ -52,6 +52,13 @@ def chat_params(default_model_path: str, *, images: bool) -> list[Param]:
             choices=ATTENTION_IMPLEMENTATIONS,
             env_aliases=("ATTENTION_IMPL",),
             doc="attention kernels (flash_attention_2 needs the flash-attn package and a GPU)",
+        ),
+        Param(
+            "decoder",
+            "auto",
+            choices=DECODERS,
+            doc="decoding loop: fused (Llama models; fewer calls per token, finished rows "
+            "leave the batch) or transformers' generate(); auto: fused on a CPU where it runs",
         ),
         Param(
             "max_new_tokens",
@@ -155,6 +162,7 @@ class ChatService:
             plan.placement,
             attn_implementation=plan.settings["attn_implementation"],
             max_new_tokens_limit=plan.settings["max_new_tokens_limit"],
+            decoder=plan.settings["decoder"],
         )
         return cls(engine, plan.settings)
 

@@ -4,7 +4,8 @@
 together each bring their own: temperature, top-p, top-k, repetition penalty, seed,
 max_new_tokens, stop strings, and (streaming) a client who may go away. Grouping rows by
 options would split a batch of 16 users into 16 calls, so instead the batch runs as one
-greedy `generate()` with two hooks that act per row:
+greedy `generate()` (or the fused decoder's loop in `VlmEngine`, which calls the same two hooks
+for the rows still going: `apply` and `advance`) with two hooks that act per row:
 
 * `RowSampler` (a logits processor) applies each row's own penalty, temperature, top-k and
   top-p and draws its token with the row's own random generator, then leaves only that token
@@ -16,7 +17,7 @@ greedy `generate()` with two hooks that act per row:
   strings, and marks a row finished on end-of-sequence, its own max_new_tokens, a stop
   string, or its client's cancellation. `generate()` then pads finished rows and returns once
   every row is finished, so a cancelled request stops costing compute as soon as it, and the
-  rows it shares the batch with, are done.
+  rows it shares the batch with, are done; the fused loop drops a finished row at once.
 """
 
 from __future__ import annotations
@@ -82,10 +83,17 @@ class RowSampler(LogitsProcessor):
         return any(not s.greedy or s.repetition_penalty != 1.0 for s in self.samplings)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        for i, sampling in enumerate(self.samplings):
-            row = scores[i]
+        return self.apply(input_ids, scores, range(len(self.samplings)))
+
+    def apply(
+        self, input_ids: torch.Tensor, scores: torch.Tensor, rows: Sequence[int]
+    ) -> torch.Tensor:
+        """Like a call, for a batch that holds only `rows` (its row j is row `rows[j]`)."""
+        for j, i in enumerate(rows):
+            sampling = self.samplings[i]
+            row = scores[j]
             if sampling.repetition_penalty != 1.0:
-                seen = input_ids[i, self.starts[i] :].unique()
+                seen = input_ids[j, self.starts[i] :].unique()
                 picked = row[seen]
                 row[seen] = torch.where(
                     picked < 0,
@@ -240,12 +248,18 @@ class RowTracker(StoppingCriteria):
         self.eos = frozenset(eos_token_ids)
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        tokens = input_ids[:, -1].tolist()
-        for row, token in zip(self.rows, tokens, strict=True):
+        done = self.advance(range(len(self.rows)), input_ids[:, -1].tolist())
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    def advance(self, rows: Sequence[int], tokens: Sequence[int]) -> list[bool]:
+        """Give row `rows[j]` its next token `tokens[j]`; which of these rows are done."""
+        done = []
+        for i, token in zip(rows, tokens, strict=True):
+            row = self.rows[i]
             if row.finish_reason is None:
                 row.step(token, self.eos)
-        done = [row.finish_reason is not None for row in self.rows]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+            done.append(row.finish_reason is not None)
+        return done
 
     def all_cancelled(self) -> bool:
         """True when every row's client has left (then generate() need not run at all)."""

@@ -17,12 +17,18 @@ from PIL import Image
 from backends.vlm import VlmEngine
 from backends.vlm_chat import ChatService, chat_params
 from shared.chat import ChatRequest, Completion
-from shared.errors import RequestError
+from shared.errors import ModelLoadError, RequestError
 from shared.image import encode_image
 from shared.params import resolve
 from shared.quantization import resolve_placement
 
-CHECKPOINTS = ["qwen2.5-vl-tiny-random", "smolvlm-tiny-random"]
+# Qwen2.5-VL decodes with generate() (its 3-D rotary positions are not the fused decoder's);
+# SmolVLM's Llama text model with both decoders.
+CHECKPOINTS = [
+    ("qwen2.5-vl-tiny-random", "auto"),
+    ("smolvlm-tiny-random", "generate"),
+    ("smolvlm-tiny-random", "fused"),
+]
 
 
 def make_service(model_store: Path, name: str, quantization: str = "none", **settings: Any):
@@ -32,14 +38,21 @@ def make_service(model_store: Path, name: str, quantization: str = "none", **set
         model_store / name,
         resolve_placement(quantization, "auto", "cpu"),
         max_new_tokens_limit=resolved["max_new_tokens_limit"],
+        decoder=resolved["decoder"],
     )
     return ChatService(engine, resolved)
 
 
-@pytest.fixture(scope="module", params=CHECKPOINTS)
+@pytest.fixture(scope="module", params=CHECKPOINTS, ids=lambda p: "-".join(p))
 def service(request: pytest.FixtureRequest, model_store: Path) -> Iterator[ChatService]:
+    name, decoder = request.param
     yield make_service(
-        model_store, request.param, max_new_tokens=8, max_new_tokens_limit=4000, max_history=2
+        model_store,
+        name,
+        max_new_tokens=8,
+        max_new_tokens_limit=4000,
+        max_history=2,
+        decoder=decoder,
     )
 
 
@@ -52,16 +65,31 @@ def run(service: ChatService, *requests: ChatRequest) -> list[Completion]:
     return service.run([service.prepare(r) for r in requests])
 
 
-def count_generate_calls(service: ChatService, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+def count_batch_calls(service: ChatService, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The rows of each generate() call, or with the fused decoder of each prompt pass."""
     calls: list[int] = []
-    original = service.engine.model.generate
+    fused = service.engine.fused is not None
+    original = service.engine.model.forward if fused else service.engine.model.generate
 
     def counted(**kwargs: Any) -> Any:
         calls.append(int(kwargs["input_ids"].shape[0]))
         return original(**kwargs)
 
-    monkeypatch.setattr(service.engine.model, "generate", counted)
+    monkeypatch.setattr(service.engine.model, "forward" if fused else "generate", counted)
     return calls
+
+
+def count_step_rows(service: ChatService, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The rows of each fused decoding step."""
+    rows: list[int] = []
+    original = service.engine.fused.step  # type: ignore[union-attr]
+
+    def counted(tokens: Any, state: Any) -> Any:
+        rows.append(int(tokens.shape[0]))
+        return original(tokens, state)
+
+    monkeypatch.setattr(service.engine.fused, "step", counted)
+    return rows
 
 
 MIXED = [
@@ -75,9 +103,14 @@ MIXED = [
 def test_greedy_batch_equals_one_at_a_time(
     service: ChatService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls = count_generate_calls(service, monkeypatch)
+    calls = count_batch_calls(service, monkeypatch)
+    steps = count_step_rows(service, monkeypatch) if service.engine.fused else None
     together = run(service, *MIXED)
-    assert calls == [4], "one generate() call for the whole batch"
+    assert calls == [4], "one generate() call (or prompt pass) for the whole batch"
+    if steps is not None:
+        # Every step runs the rows still going at once; a finished row leaves the batch.
+        assert steps == [4] * 4 + [3] * 3 + [1] * 4, steps
+    monkeypatch.undo()
     alone = [run(service, r)[0] for r in MIXED]
     assert [c.token_ids for c in together] == [c.token_ids for c in alone]
     assert together == alone
@@ -243,3 +276,30 @@ def test_quantized_checkpoints_load_and_generate(model_store: Path, quantization
     together = run(quantized, *requests)
     assert [c.completion_tokens for c in together] == [4, 4]
     assert [c.token_ids for c in together] == [run(quantized, r)[0].token_ids for r in requests]
+
+
+def test_the_fused_decoder_answers_as_generate(model_store: Path) -> None:
+    """Same tokens, text and finish reasons from both decoders, for a batch that mixes
+    images, lengths, sampling and a penalty (float32: exact). Stop strings and cancellation
+    run with both decoders through the `service` fixture's tests."""
+    requests = [
+        *MIXED,
+        ChatRequest("Write a poem about the sea", temperature=1.0, seed=7, max_new_tokens=10),
+        ChatRequest("Write a poem about the sea", repetition_penalty=2.0, max_new_tokens=10),
+        ChatRequest("Write a poem about the sea", top_k=3, temperature=0.8, seed=2),
+    ]
+    answers = {}
+    for decoder in ("generate", "fused"):
+        service = make_service(
+            model_store, "smolvlm-tiny-random", max_new_tokens=8, decoder=decoder
+        )
+        assert f"decoder={decoder}" in service.engine.describe()
+        answers[decoder] = run(service, *requests)
+    assert answers["fused"] == answers["generate"]
+
+
+def test_the_fused_decoder_is_refused_for_a_model_it_cannot_run(model_store: Path) -> None:
+    auto = make_service(model_store, "qwen2.5-vl-tiny-random", decoder="auto")
+    assert "decoder=generate" in auto.engine.describe()
+    with pytest.raises(ModelLoadError, match="setting 'decoder' is 'fused', but its language"):
+        make_service(model_store, "qwen2.5-vl-tiny-random", decoder="fused")

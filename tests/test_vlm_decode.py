@@ -1,0 +1,97 @@
+"""The fused decoder (backends.vlm_decode): generate()'s tokens, without holding weights twice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from backends.vlm import EngineRow, VlmEngine
+from backends.vlm_sampling import Sampling
+from shared.chat import text_message
+from shared.quantization import Placement
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "How many legs does a spider have?",
+    "Say hello.",
+]
+
+
+def answers(engine: VlmEngine, max_new_tokens: int) -> tuple[list, list]:
+    rows = [
+        EngineRow(engine.encode([text_message("user", p)]), Sampling(max_new_tokens))
+        for p in PROMPTS
+    ]
+    alone = [engine.generate([row])[0].token_ids for row in rows]
+    together = [c.token_ids for c in engine.generate(rows)]
+    return alone, together
+
+
+def test_the_real_smollm2_decodes_generates_tokens_in_float32(model_store: Path) -> None:
+    """On the shipped SmolLM2 the fused steps give generate()'s greedy tokens, alone and in a
+    batch whose rows end at different steps (and so leave it)."""
+    results = {}
+    for decoder in ("generate", "fused"):
+        engine = VlmEngine.load(
+            model_store / "smolvlm-256m-smollm2",
+            Placement("cpu", "float32", "none"),
+            decoder=decoder,
+        )
+        results[decoder] = answers(engine, max_new_tokens=24)
+    alone, together = results["fused"]
+    assert results["fused"] == results["generate"]
+    assert together == alone
+    assert len({len(ids) for ids in alone}) > 1, "the rows should end at different steps"
+
+
+@pytest.mark.parametrize("quantization", ["none", "int4"])
+def test_fused_projections_share_the_models_weights(model_store: Path, quantization: str) -> None:
+    """q/k/v and gate/up are one matrix each, and the model's modules are views of it."""
+    dtype = "bfloat16" if quantization == "int4" else "float32"
+    engine = VlmEngine.load(
+        model_store / "smolvlm-tiny-random", Placement("cpu", dtype, quantization), decoder="fused"
+    )
+    name = "packed" if quantization == "int4" else "weight"
+    for layer in engine.model.get_decoder().layers:
+        attention, mlp = layer.self_attn, layer.mlp
+        for group in (
+            (attention.q_proj, attention.k_proj, attention.v_proj),
+            (mlp.gate_proj, mlp.up_proj),
+        ):
+            storages = {getattr(m, name).untyped_storage().data_ptr() for m in group}
+            assert len(storages) == 1, f"{group} hold their own copies"
+
+
+def test_a_single_bfloat16_row_restores_onednn(model_store: Path) -> None:
+    """One bfloat16 row runs its matmuls without oneDNN (faster there), and oneDNN is back on
+    afterwards, also when the step fails."""
+    engine = VlmEngine.load(
+        model_store / "smolvlm-tiny-random", Placement("cpu", "bfloat16", "none"), decoder="fused"
+    )
+    seen: list[bool] = []
+    head = engine.fused.head  # type: ignore[union-attr]
+    forward = head.forward
+
+    def spy(x: torch.Tensor) -> torch.Tensor:
+        seen.append(torch.backends.mkldnn.enabled)
+        return forward(x)
+
+    head.forward = spy
+    rows = [EngineRow(engine.encode([text_message("user", "Hi")]), Sampling(3))]
+    engine.generate(rows)
+    engine.generate(rows * 4)
+    # Each generate(): the prompt pass (transformers, oneDNN on), then two fused steps.
+    assert seen == [True, False, False, True, True, True] and torch.backends.mkldnn.enabled
+
+    def broken(x: torch.Tensor) -> torch.Tensor:
+        if not torch.backends.mkldnn.enabled:
+            raise RuntimeError("boom")
+        return forward(x)
+
+    head.forward = broken
+    with pytest.raises(RuntimeError, match="boom"):
+        engine.generate(rows)
+    assert torch.backends.mkldnn.enabled
