@@ -62,19 +62,35 @@ def _fuse(modules: Sequence[nn.Module]) -> Projection:
     become views into it. Other layers (bitsandbytes) are called one by one.
     """
     if all(type(m) is nn.Linear for m in modules):
-        weight = torch.cat([m.weight.detach() for m in modules])
-        _repoint(modules, weight, "weight", dim=0)
+        weight = _joined(modules, "weight", dim=0)
         return lambda x: F.linear(x, weight)
     if all(type(m) is Int4Linear and m.bias is None for m in modules):
-        packed = torch.cat([m.packed for m in modules])
+        packed = _joined(modules, "packed", dim=0)
         scales = torch.cat([m.scales_and_zeros for m in modules], dim=1).contiguous()
-        _repoint(modules, packed, "packed", dim=0)
         return lambda x: torch.ops.aten._weight_int4pack_mm_for_cpu(
             x if x.dtype == scales.dtype else x.to(scales.dtype), packed, GROUP_SIZE, scales
         )
     if len(modules) == 1:
         return modules[0]
     return lambda x: torch.cat([m(x) for m in modules], dim=-1)
+
+
+def _joined(modules: Sequence[nn.Module], name: str, dim: int) -> torch.Tensor:
+    """The modules' tensors `name` as one, which each module then sees a slice of (a single
+    module's own tensor is used as it is, not copied)."""
+    if len(modules) == 1:
+        return getattr(modules[0], name).detach()
+    fused = torch.cat([getattr(m, name).detach() for m in modules], dim=dim)
+    start = 0
+    for module in modules:
+        rows = getattr(module, name).shape[dim]
+        view = fused.narrow(dim, start, rows)
+        if isinstance(getattr(module, name), nn.Parameter):
+            setattr(module, name, nn.Parameter(view, requires_grad=False))
+        else:
+            setattr(module, name, view)
+        start += rows
+    return fused
 
 
 def _rms_norm(norm: nn.Module) -> Projection:
@@ -85,19 +101,6 @@ def _rms_norm(norm: nn.Module) -> Projection:
     if weight.dtype == torch.float32:
         return lambda x: weight * F.rms_norm(x, shape, None, eps)
     return lambda x: weight * F.rms_norm(x.float(), shape, None, eps).to(x.dtype)
-
-
-def _repoint(modules: Sequence[nn.Module], fused: torch.Tensor, name: str, dim: int) -> None:
-    """Make each module's tensor `name` the slice of `fused` that holds its rows."""
-    start = 0
-    for module in modules:
-        rows = getattr(module, name).shape[dim]
-        view = fused.narrow(dim, start, rows)
-        if isinstance(getattr(module, name), nn.Parameter):
-            setattr(module, name, nn.Parameter(view, requires_grad=False))
-        else:
-            setattr(module, name, view)
-        start += rows
 
 
 class _Layer:
