@@ -1,4 +1,4 @@
-"""Per-row decoding inside one batched `generate()`: sampling, stop rules, streaming.
+"""Per-row decoding inside one batched generation: sampling, stop rules, streaming.
 
 `generate()` takes one set of options for the whole batch, but the requests Triton batches
 together each bring their own: temperature, top-p, top-k, repetition penalty, seed,
@@ -235,7 +235,7 @@ def _partial_stop_length(text: str, stops: Sequence[str]) -> int:
 
 
 class RowTracker(StoppingCriteria):
-    """Follows every row of one `generate()` call (see the module doc)."""
+    """Follows every row of one batch (see the module doc)."""
 
     def __init__(
         self,
@@ -262,14 +262,14 @@ class RowTracker(StoppingCriteria):
         return done
 
     def all_cancelled(self) -> bool:
-        """True when every row's client has left (then generate() need not run at all)."""
+        """True when every row's client has left (then nothing need run at all)."""
         for row in self.rows:
             if row.finish_reason is None and row.sink is not None and row.sink.cancelled():
                 row.finish_reason = "cancelled"
         return all(row.finish_reason == "cancelled" for row in self.rows)
 
     def completions(self, prompt_tokens: Sequence[int]) -> list[Completion]:
-        """Each row's result; a row generate() stopped early (overall limit) ends 'length'."""
+        """Each row's result; a row stopped early (overall limit) ends 'length'."""
         results = []
         for row, prompt in zip(self.rows, prompt_tokens, strict=True):
             if row.finish_reason is None:

@@ -183,7 +183,7 @@ class UnaryChatModel:
 
     They differ only in their settings (`llm` has no images), so each `model.py` subclasses
     this with its `params` and the engine's loader (`backends.vlm_chat.ChatService.load`;
-    passed in, because `shared` never imports `backends`). One batched generate() per
+    passed in, because `shared` never imports `backends`). One batched generation per
     execute(); each request keeps its own sampling options.
     """
 

@@ -14,7 +14,7 @@ PARAMS = chat_params("smolvlm-256m-smollm2", images=False)
 
 
 class TritonPythonModel(UnaryChatModel):
-    """One batched generate() per execute(); each request keeps its own sampling options."""
+    """One batched generation per execute(); each request keeps its own sampling options."""
 
     params = PARAMS
     load_service = staticmethod(ChatService.load)

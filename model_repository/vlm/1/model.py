@@ -1,7 +1,7 @@
 """Vision-language chat on Triton: parse requests, run them as one batch, respond per request.
 
 The work is in `backends.vlm_chat.ChatService` (validation, sessions) over
-`backends.vlm.VlmEngine` (one batched generate()); the Triton side, shared with `llm`, is
+`backends.vlm.VlmEngine` (one batched generation); the Triton side, shared with `llm`, is
 `shared.chat_triton.UnaryChatModel`. Inputs, outputs and settings are documented in README.md.
 """
 
@@ -14,7 +14,7 @@ PARAMS = chat_params("smolvlm-256m-smollm2", images=True)
 
 
 class TritonPythonModel(UnaryChatModel):
-    """One batched generate() per execute(); each request keeps its own sampling options."""
+    """One batched generation per execute(); each request keeps its own sampling options."""
 
     params = PARAMS
     load_service = staticmethod(ChatService.load)

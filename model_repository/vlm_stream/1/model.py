@@ -23,7 +23,7 @@ PARAMS = chat_params("smolvlm-256m-smollm2", images=True)
 
 
 class TritonPythonModel:
-    """All requests of one execute() stream from one batched generate()."""
+    """All requests of one execute() stream from one batched generation."""
 
     def initialize(self, args: dict[str, str]) -> None:
         self.name = args["model_name"]
