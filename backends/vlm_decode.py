@@ -9,8 +9,6 @@ step does the same arithmetic in as few calls as it can:
   of the concatenated weights, so the weights are not held twice and the prompt pass, which
   still runs through transformers, reads the same memory; only int4's per-group scales, a
   quarter of the packed weights' size, are kept in both layouts);
-* float32 weights (and the output head) are stored column-major, which the CPU's BLAS kernels
-  read much faster for one to three rows (`_column_major`);
 * keys and values go to buffers allocated once per batch for its longest possible answer,
   not grown every step;
 * rows that finished (end of turn, their own max_new_tokens, a stop string, a cancelled client)
@@ -64,10 +62,10 @@ def _fuse(modules: Sequence[nn.Module]) -> Projection:
     become views into it. Other layers (bitsandbytes) are called one by one.
     """
     if all(type(m) is nn.Linear for m in modules):
-        weight = _joined(modules, "weight", columns=_column_major(modules[0].weight))
+        weight = _joined(modules, "weight", dim=0)
         return lambda x: F.linear(x, weight)
     if all(type(m) is Int4Linear and m.bias is None for m in modules):
-        packed = _joined(modules, "packed", columns=False)
+        packed = _joined(modules, "packed", dim=0)
         scales = torch.cat([m.scales_and_zeros for m in modules], dim=1).contiguous()
         return lambda x: torch.ops.aten._weight_int4pack_mm_for_cpu(
             x if x.dtype == scales.dtype else x.to(scales.dtype), packed, GROUP_SIZE, scales
@@ -77,54 +75,22 @@ def _fuse(modules: Sequence[nn.Module]) -> Projection:
     return lambda x: torch.cat([m(x) for m in modules], dim=-1)
 
 
-def _column_major(weight: torch.Tensor) -> bool:
-    """Whether a linear weight is better stored column-major, as (in, out) in memory.
-
-    float32 on a CPU: with a (out, in) weight, the BLAS kernels torch calls for one to three
-    rows were 1.3-2.3x slower here than with the same weight stored (in, out) (SmolLM2, a
-    decoding step of 1/2/3 rows: 63/113/154 against 47/73/96 ms; equal from 4 rows, and for
-    the prompt pass). A weight's layout changes no result but the rounding of the sums.
-    Other dtypes go through oneDNN or torch's own kernels, which want (out, in).
-    """
-    return weight.dtype == torch.float32 and weight.device.type == "cpu"
-
-
-def _joined(modules: Sequence[nn.Module], name: str, columns: bool) -> torch.Tensor:
-    """The modules' (out, in) tensors `name` as one, which each module then sees a slice of.
-
-    With `columns` the one tensor is stored transposed (see `_column_major`) and every
-    module's tensor becomes a view of it; otherwise a single module's tensor is used as it
-    is, not copied.
-    """
-    tensors = [getattr(m, name).detach() for m in modules]
-    if len(modules) == 1 and not columns:
-        return tensors[0]
-    if columns:
-        fused = torch.cat([t.t() for t in tensors], dim=1).contiguous().t()
-    else:
-        fused = torch.cat(tensors)
+def _joined(modules: Sequence[nn.Module], name: str, dim: int) -> torch.Tensor:
+    """The modules' tensors `name` as one, which each module then sees a slice of (a single
+    module's own tensor is used as it is, not copied)."""
+    if len(modules) == 1:
+        return getattr(modules[0], name).detach()
+    fused = torch.cat([getattr(m, name).detach() for m in modules], dim=dim)
     start = 0
-    for module, tensor in zip(modules, tensors, strict=True):
-        view = fused[start : start + tensor.shape[0]]
+    for module in modules:
+        rows = getattr(module, name).shape[dim]
+        view = fused.narrow(dim, start, rows)
         if isinstance(getattr(module, name), nn.Parameter):
             setattr(module, name, nn.Parameter(view, requires_grad=False))
         else:
             setattr(module, name, view)
-        start += tensor.shape[0]
+        start += rows
     return fused
-
-
-def _column_major_head(model: Any) -> None:
-    """Store the output head (and the embeddings tied to it) column-major where that is
-    faster (`_column_major`); both modules keep working on the one transposed tensor."""
-    head = model.get_output_embeddings()
-    if not _column_major(head.weight):
-        return
-    embeddings = model.get_input_embeddings()
-    tied = embeddings.weight is head.weight
-    head.weight = nn.Parameter(head.weight.detach().t().contiguous().t(), requires_grad=False)
-    if tied:
-        embeddings.weight = head.weight
 
 
 def _rms_norm(norm: nn.Module) -> Projection:
@@ -202,7 +168,6 @@ class FusedDecoder:
         self.embed = decoder.embed_tokens
         self.rotary = decoder.rotary_emb
         self.norm = _rms_norm(decoder.norm)
-        _column_major_head(model)
         self.head = model.get_output_embeddings()
         self.layers = [_Layer(layer) for layer in decoder.layers]
         # oneDNN's bfloat16/float16 matmul is slow for a single row; torch's own
