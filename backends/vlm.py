@@ -296,10 +296,14 @@ class VlmEngine:
             done = tracker.advance(rows, tokens.tolist())
             if all(done):
                 return
-            if any(done):
-                going = [j for j, finished in enumerate(done) if not finished]
-                keep = torch.tensor(going, device=tokens.device)
-                rows = [rows[j] for j in going]
+            going = [j for j, finished in enumerate(done) if not finished]
+            size = decoder.batch_rows(len(going), len(rows))
+            if size < len(rows):
+                # Finished rows leave; some stay along where a smaller step costs more.
+                ended = [j for j, finished in enumerate(done) if finished]
+                kept = sorted(going + ended[: size - len(going)])
+                keep = torch.tensor(kept, device=tokens.device)
+                rows = [rows[j] for j in kept]
                 tokens, input_ids = tokens[keep], input_ids[keep]
                 state.keep(keep)
             if sampler.needed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -95,3 +96,17 @@ def test_a_single_bfloat16_row_restores_onednn(model_store: Path) -> None:
     with pytest.raises(RuntimeError, match="boom"):
         engine.generate(rows)
     assert torch.backends.mkldnn.enabled
+
+
+def test_float32_on_a_cpu_never_steps_two_or_three_rows(model_store: Path) -> None:
+    """Finished rows leave the batch, except that float32 on a CPU keeps up to 4 rows rather
+    than step 2 or 3 (its BLAS kernels are slower for those than for 4)."""
+
+    def decoder(dtype: str) -> Any:
+        placement = Placement("cpu", dtype, "none")
+        return VlmEngine.load(model_store / "smolvlm-tiny-random", placement, decoder="fused").fused
+
+    float32, bfloat16 = decoder("float32"), decoder("bfloat16")
+    assert [float32.batch_rows(going, 16) for going in (1, 2, 3, 4, 5)] == [1, 4, 4, 4, 5]
+    assert float32.batch_rows(2, 3) == 3
+    assert [bfloat16.batch_rows(going, 16) for going in (1, 2, 3)] == [1, 2, 3]

@@ -108,8 +108,9 @@ def test_greedy_batch_equals_one_at_a_time(
     together = run(service, *MIXED)
     assert calls == [4], "one generate() call (or prompt pass) for the whole batch"
     if steps is not None:
-        # Every step runs the rows still going at once; a finished row leaves the batch.
-        assert steps == [4] * 4 + [3] * 3 + [1] * 4, steps
+        # Every step runs the rows still going at once; finished rows leave the batch, but in
+        # float32 on a CPU a step never runs 2 or 3 rows (slower than 4: batch_rows).
+        assert steps == [4] * 7 + [1] * 4, steps
     monkeypatch.undo()
     alone = [run(service, r)[0] for r in MIXED]
     assert [c.token_ids for c in together] == [c.token_ids for c in alone]
