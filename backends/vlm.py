@@ -278,6 +278,7 @@ class VlmEngine:
         from transformers import DynamicCache
 
         mask = batch["attention_mask"]
+        # Positions count each row's own tokens (left padding is not counted), as generate().
         positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
         cache = DynamicCache(config=self.model.config.get_text_config())
         output = self.model(
@@ -285,7 +286,7 @@ class VlmEngine:
         )
         logits = output.logits[:, -1].float()
         del output
-        state = DecodeState(cache, mask, max_new_tokens)
+        state = DecodeState(cache, mask, positions, max_new_tokens)
         del cache
         input_ids = batch["input_ids"]  # what the repetition penalty looks at
         rows = list(range(input_ids.shape[0]))

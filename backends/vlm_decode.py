@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.int4 import GROUP_SIZE, Int4Linear
+from shared.int4 import Int4Linear, int4_matmul
 
 Projection = Callable[[torch.Tensor], torch.Tensor]
 
@@ -68,9 +68,7 @@ def _fuse(modules: Sequence[nn.Module]) -> Projection:
     if all(type(m) is Int4Linear and m.bias is None for m in modules):
         packed = _joined(modules, "packed", dim=0)
         scales = torch.cat([m.scales_and_zeros for m in modules], dim=1).contiguous()
-        return lambda x: torch.ops.aten._weight_int4pack_mm_for_cpu(
-            x if x.dtype == scales.dtype else x.to(scales.dtype), packed, GROUP_SIZE, scales
-        )
+        return lambda x: int4_matmul(x, packed, scales)
     if len(modules) == 1:
         return modules[0]
     return lambda x: torch.cat([m(x) for m in modules], dim=-1)
@@ -120,7 +118,14 @@ class _Layer:
 class DecodeState:
     """The key/value buffers, attention mask and positions of the rows still decoding."""
 
-    def __init__(self, cache: Any, attention_mask: torch.Tensor, max_new_tokens: int) -> None:
+    def __init__(
+        self,
+        cache: Any,
+        attention_mask: torch.Tensor,
+        positions: torch.Tensor,
+        max_new_tokens: int,
+    ) -> None:
+        """From the prompt pass: its cache, mask and position ids (rows, prompt length)."""
         rows, length = attention_mask.shape
         self.length = length  # filled positions
         capacity = length + max_new_tokens
@@ -139,8 +144,7 @@ class DecodeState:
             (rows, 1, 1, capacity), dtype=torch.bool, device=attention_mask.device
         )
         self.mask[:, 0, 0, :length] = attention_mask.bool()
-        # Positions count each row's own tokens (left padding is not counted), as generate().
-        self.positions = attention_mask.long().sum(dim=-1, keepdim=True) - 1
+        self.positions = positions[:, -1:]  # each row's last; a step adds one
 
     def keep(self, rows: torch.Tensor) -> None:
         """Drop every row not in `rows` (indices into the current rows)."""

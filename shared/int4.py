@@ -60,12 +60,8 @@ class Int4Linear(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features)
-        if rows.dtype != self.scales_and_zeros.dtype:
-            rows = rows.to(self.scales_and_zeros.dtype)
-        out = torch.ops.aten._weight_int4pack_mm_for_cpu(
-            rows.contiguous(), self.packed, GROUP_SIZE, self.scales_and_zeros
-        )
+        rows = x.reshape(-1, self.in_features).contiguous()
+        out = int4_matmul(rows, self.packed, self.scales_and_zeros)
         out = out.view(*x.shape[:-1], self.out_features)
         return out if self.bias is None else out + self.bias
 
@@ -73,6 +69,15 @@ class Int4Linear(nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, group={GROUP_SIZE}"
         )
+
+
+def int4_matmul(
+    rows: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.Tensor
+) -> torch.Tensor:
+    """(rows, in) contiguous activations times packed int4 weights, in the scales' dtype."""
+    if rows.dtype != scales_and_zeros.dtype:
+        rows = rows.to(scales_and_zeros.dtype)
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(rows, packed, GROUP_SIZE, scales_and_zeros)
 
 
 @dataclass(frozen=True)
