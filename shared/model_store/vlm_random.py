@@ -230,7 +230,7 @@ def _qwen_tokenizer(variant: Variant, seed: int) -> Any:
     return tokenizer
 
 
-def _smolvlm_tokenizer(variant: Variant, seed: int) -> Any:
+def smolvlm_tokenizer(variant: Variant, seed: int) -> Any:
     """SmolLM2's tokenizer class and first tokens, then SmolVLM's 128 added tokens."""
     from transformers import AddedToken, GPT2Tokenizer
 
@@ -363,13 +363,16 @@ def _mrope_section(head_dim: int) -> list[int]:
     return [time, height, half - time - height]
 
 
-def _write_smolvlm(dest: Path, variant: Variant, seed: int) -> None:
-    import torch
-    from transformers import GenerationConfig, Idefics3Config, Idefics3ForConditionalGeneration
+def smolvlm_config(variant: Variant, tokenizer: Any) -> Any:
+    """The Idefics3Config of an idefics3 `variant` whose token ids are `tokenizer`'s.
+
+    Apart from the writer so that a variant's shape can be checked without building its
+    weights (the SmolVLM-256M one is 870 MiB and built only for benchmarks).
+    """
+    from transformers import Idefics3Config
 
     assert variant.vision is not None
     vision = variant.vision
-    tokenizer = _smolvlm_tokenizer(variant, seed)
     ids = tokenizer.convert_tokens_to_ids
     vision_kwargs: dict[str, Any] = {
         "hidden_size": vision.hidden_size,
@@ -381,7 +384,7 @@ def _write_smolvlm(dest: Path, variant: Variant, seed: int) -> None:
     }
     if variant.init_std is not None:
         vision_kwargs["initializer_range"] = variant.init_std
-    config = Idefics3Config(
+    return Idefics3Config(
         text_config={
             "model_type": "llama",
             **_text_kwargs(variant, len(tokenizer)),
@@ -398,6 +401,17 @@ def _write_smolvlm(dest: Path, variant: Variant, seed: int) -> None:
         tie_word_embeddings=True,
         pad_token_id=ids("<|im_end|>"),
     )
+
+
+def _write_smolvlm(dest: Path, variant: Variant, seed: int) -> None:
+    import torch
+    from transformers import GenerationConfig, Idefics3ForConditionalGeneration
+
+    assert variant.vision is not None
+    vision = variant.vision
+    tokenizer = smolvlm_tokenizer(variant, seed)
+    ids = tokenizer.convert_tokens_to_ids
+    config = smolvlm_config(variant, tokenizer)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Idefics3ForConditionalGeneration(config).eval()
