@@ -188,9 +188,12 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(shlex.join(command) for command in ran.values()))
         return 0
     if not (store / args.model_path / "config.json").is_file():
-        # The benchmark checkpoint is built on demand, not by ./scripts/setup (870 MiB).
+        # The benchmark checkpoint is built on demand, not by ./scripts/setup (870 MiB); a
+        # path that is no store entry gets the model store's own message naming the entries.
         build = [sys.executable, "-m", "shared.model_store", "build", "--store", str(store)]
-        subprocess.run([*build, "--only", args.model_path], check=True, cwd=ROOT)
+        built = subprocess.run([*build, "--only", args.model_path], cwd=ROOT)
+        if built.returncode:
+            return built.returncode
     args.out.mkdir(parents=True, exist_ok=True)
     for name, command in ran.items():
         print(f"[bench_vlm] {name}: {shlex.join(command)}", file=sys.stderr, flush=True)
