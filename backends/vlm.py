@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from backends.vlm_decode import DecodeState, FusedDecoder, unsupported_reason
+from backends.vlm_decode import DecodeState, FusedDecoder, UnsupportedModel
 from backends.vlm_sampling import RowSampler, RowSink, RowTracker, Sampling
 from shared.chat import Completion, Message, template_messages
 from shared.errors import ModelLoadError, invalid
@@ -144,12 +144,14 @@ class VlmEngine:
             raise ModelLoadError(f"setting 'decoder' is {decoder!r}; allowed: {DECODERS}")
         if decoder == "generate" or (decoder == "auto" and self.device.type != "cpu"):
             return None
-        reason = unsupported_reason(self.model)
-        if reason is None:
+        try:
             return FusedDecoder(self.model)
-        if decoder == "fused":
-            raise ModelLoadError(f"setting 'decoder' is 'fused', but {reason}")
-        return None
+        except UnsupportedModel as unsupported:
+            if decoder == "fused":
+                raise ModelLoadError(
+                    f"setting 'decoder' is 'fused', but {unsupported.reason}"
+                ) from None
+            return None
 
     @classmethod
     def load(

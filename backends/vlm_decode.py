@@ -7,8 +7,8 @@ step does the same arithmetic in as few calls as it can:
 * the q/k/v projections are one matmul, and so are the MLP's gate and up projections (the
   weights are concatenated once at load; the model's own modules are then re-pointed at views
   of the concatenated weights, so the weights are not held twice and the prompt pass, which
-  still runs through transformers, reads the same memory; only int4's per-group scales, a
-  quarter of the packed weights' size, are kept in both layouts);
+  still runs through transformers, reads the same memory; only the per-group scales of int4's
+  fused q/k/v and gate/up, a quarter of the packed weights' size, are kept in both layouts);
 * keys and values go to buffers allocated once per batch for its longest possible answer,
   not grown every step;
 * rows that finished (end of turn, their own max_new_tokens, a stop string, a cancelled client)
@@ -39,6 +39,14 @@ from shared.int4 import Int4Linear, int4_matmul
 Projection = Callable[[torch.Tensor], torch.Tensor]
 
 
+class UnsupportedModel(ValueError):
+    """The fused decoder cannot run this model; `reason` says why (`unsupported_reason`)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the fused decoder cannot run this model: {reason}")
+        self.reason = reason
+
+
 def unsupported_reason(model: Any) -> str | None:
     """Why `FusedDecoder` cannot decode for `model` (None: it can)."""
     decoder = model.get_decoder()
@@ -67,7 +75,11 @@ def _fuse(modules: Sequence[nn.Module]) -> Projection:
         return lambda x: F.linear(x, weight)
     if all(type(m) is Int4Linear and m.bias is None for m in modules):
         packed = _joined(modules, "packed", dim=0)
-        scales = torch.cat([m.scales_and_zeros for m in modules], dim=1).contiguous()
+        scales = (
+            torch.cat([m.scales_and_zeros for m in modules], dim=1).contiguous()
+            if len(modules) > 1
+            else modules[0].scales_and_zeros
+        )
         return lambda x: int4_matmul(x, packed, scales)
     if len(modules) == 1:
         return modules[0]
@@ -160,7 +172,7 @@ class FusedDecoder:
     def __init__(self, model: Any) -> None:
         reason = unsupported_reason(model)
         if reason is not None:
-            raise ValueError(f"the fused decoder cannot run this model: {reason}")
+            raise UnsupportedModel(reason)
         decoder = model.get_decoder()
         config = decoder.config
         self.heads = int(config.num_attention_heads)
