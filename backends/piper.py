@@ -11,7 +11,7 @@ work as for any transformers model).
 The voice speaks IPA phonemes made by espeak-ng, not text: `PiperFrontend` turns text into the
 voice's phoneme ids (shared.phonemes), and refuses text with nothing to say in it.
 
-The checkpoints come from `shared.model_store.piper_voice`; their config.json carries, besides
+The checkpoints come from `tools.model_store.piper_voice`; their config.json carries, besides
 VitsConfig's fields, `resblock` and a `piper` section (phoneme id map, espeak-ng voice, Piper's
 inference settings, source).
 """

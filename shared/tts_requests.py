@@ -22,7 +22,7 @@ from shared.errors import invalid
 from shared.loading import plan_load
 from shared.params import Param, load_params
 
-#: The default voice: Piper's en_US "joe" (shared/model_store/piper_voice.py builds it).
+#: The default voice: Piper's en_US "joe" (tools/model_store/piper_voice.py builds it).
 DEFAULT_VOICE = "piper-en_US-joe-medium"
 
 

@@ -18,7 +18,7 @@ from PIL import Image
 from tritonclient.utils import np_to_triton_dtype
 
 from shared.image import encode_image
-from shared.local_server import LocalTritonServer
+from tools.local_server import LocalTritonServer
 
 #: A response as (text, finish_reason, prompt_tokens, completion_tokens).
 Answer = tuple[str, str, int, int]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.local_server import LocalTritonServer
+from tools.local_server import LocalTritonServer
 
 ROOT = Path(__file__).resolve().parents[1]
 

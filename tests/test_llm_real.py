@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 
-from shared.local_server import LocalTritonServer
 from tests.chat_client import (
     Answer,
     answer,
@@ -31,6 +30,7 @@ from tests.chat_client import (
     stream_results,
 )
 from tests.conftest import ROOT, start_server
+from tools.local_server import LocalTritonServer
 
 pytestmark = pytest.mark.server
 

@@ -19,9 +19,9 @@ from scripts.loadtest_lib.content import ContentOptions, Sample, generator_for
 from scripts.loadtest_lib.inputs import read_config, write_data
 from scripts.loadtest_lib.perf import PerfSettings, sweep
 from scripts.loadtest_lib.server import Endpoint, connect, statistics
-from shared.local_server import LocalTritonServer, free_port
 from tests.conftest import start_server
 from tests.speech import espeak_available, word_error_rate
+from tools.local_server import LocalTritonServer, free_port
 
 pytestmark = [
     pytest.mark.server,

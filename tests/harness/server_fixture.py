@@ -1,7 +1,7 @@
 """A real tritonserver for tests that compare the harness with the server.
 
 One place starts it, so swapping the launcher touches one function: `running_server` uses
-the project's `shared.local_server.LocalTritonServer` (free ports, the venv's environment,
+the project's `tools.local_server.LocalTritonServer` (free ports, the venv's environment,
 the backend directory ./scripts/setup builds) and keeps the server log, which the contract
 tests read (Logger lines) and print when the server fails to start.
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from shared.local_server import LocalTritonServer
+from tools.local_server import LocalTritonServer
 
 
 @dataclass

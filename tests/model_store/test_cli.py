@@ -1,4 +1,4 @@
-"""`python -m shared.model_store`: which entries a plain build makes, and which it leaves."""
+"""`python -m tools.model_store`: which entries a plain build makes, and which it leaves."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.model_store import __main__ as cli
+from tools.model_store import __main__ as cli
 
 
 @pytest.fixture

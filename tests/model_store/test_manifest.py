@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from shared.model_store.manifest import MARKER, checkpoint_files, is_complete, publish
+from tools.model_store.manifest import MARKER, checkpoint_files, is_complete, publish
 
 EXPECTED = {"source": "pkg==1.0", "converter_revision": 2, "dtype": "float32"}
 

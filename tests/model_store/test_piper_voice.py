@@ -1,4 +1,4 @@
-"""The Piper voice converter (shared.model_store.piper_voice) on small ONNX graphs made here.
+"""The Piper voice converter (tools.model_store.piper_voice) on small ONNX graphs made here.
 
 Each test voice is a tiny random `PiperVitsModel` written out the way Piper's export writes a
 VITS model: original VITS parameter names, the token embedding under an anonymous name read by
@@ -25,8 +25,8 @@ from onnx import TensorProto, helper, numpy_helper
 from transformers import VitsConfig
 
 from backends.piper import HifiGanResidualBlock2, PiperVitsModel, load_piper_vits
-from shared.model_store.manifest import MARKER
-from shared.model_store.piper_voice import (
+from tools.model_store.manifest import MARKER
+from tools.model_store.piper_voice import (
     PiperFormatError,
     PiperVoiceSource,
     convert_piper_voice,
@@ -34,7 +34,7 @@ from shared.model_store.piper_voice import (
     read_piper_onnx,
     vits_config_kwargs,
 )
-from shared.model_store.wheels import ChecksumError, PinnedWheel
+from tools.model_store.wheels import ChecksumError, PinnedWheel
 
 TINY = {
     "vocab_size": 24,

@@ -22,9 +22,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from shared.loading import load_pretrained
-from shared.model_store import manifest, smollm2_gguf
-from shared.model_store.manifest import MARKER
-from shared.model_store.smollm2_gguf import (
+from shared.quantization import resolve_placement
+from tools.model_store import manifest, smollm2_gguf
+from tools.model_store.manifest import MARKER
+from tools.model_store.smollm2_gguf import (
     CHAT_TEMPLATE,
     DEFAULT_SYSTEM_PROMPT,
     IMAGE_TOKEN,
@@ -40,8 +41,7 @@ from shared.model_store.smollm2_gguf import (
     load_gguf_language_model,
     smolvlm_added_tokens,
 )
-from shared.model_store.wheels import ChecksumError, WheelFetchError, sha256_file
-from shared.quantization import resolve_placement
+from tools.model_store.wheels import ChecksumError, WheelFetchError, sha256_file
 
 # --------------------------------------------------------------------------------------------
 # A toy GGUF file: what llama.cpp's converter writes, at a size that converts in a second

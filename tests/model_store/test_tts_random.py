@@ -22,8 +22,8 @@ from transformers import (
     VitsConfig,
 )
 
-from shared.model_store.manifest import MARKER
-from shared.model_store.tts_random import VARIANTS, build_random_tts, is_complete
+from tools.model_store.manifest import MARKER
+from tools.model_store.tts_random import VARIANTS, build_random_tts, is_complete
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -17,9 +17,9 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText
 
 from backends.vlm import ImageOnlyProcessors
-from shared.model_store.manifest import MARKER
-from shared.model_store.smollm2_gguf import smolvlm_added_tokens
-from shared.model_store.vlm_random import (
+from tools.model_store.manifest import MARKER
+from tools.model_store.smollm2_gguf import smolvlm_added_tokens
+from tools.model_store.vlm_random import (
     QWEN_SPECIALS,
     VARIANTS,
     build_random_vlm,

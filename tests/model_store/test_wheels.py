@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.model_store.wheels import (
+from tools.model_store.wheels import (
     ChecksumError,
     MissingMemberError,
     PinnedWheel,

@@ -19,7 +19,7 @@ from safetensors.numpy import load_file
 from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers
 from tokenizers.models import BPE
 
-from shared.model_store.whisper_ct2 import (
+from tools.model_store.whisper_ct2 import (
     Ct2FormatError,
     convert_ct2_whisper,
     read_ct2_model,

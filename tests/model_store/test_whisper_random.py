@@ -18,7 +18,7 @@ import torch
 from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
 from transformers.models.whisper.tokenization_whisper import LANGUAGES
 
-from shared.model_store.whisper_random import (
+from tools.model_store.whisper_random import (
     MARKER,
     VARIANTS,
     build_random_whisper,

@@ -19,13 +19,13 @@ import pytest
 import soxr
 import torch
 
-from shared.model_store.wheels import WheelFetchError
-from shared.model_store.whisper_ct2 import (
+from tests.speech import espeak_available, speak, word_error_rate, words
+from tools.model_store.wheels import WheelFetchError
+from tools.model_store.whisper_ct2 import (
     MANIFEST_NAME,
     WHISPER_TINY_EN_MEMBERS,
     import_whisper_tiny_en,
 )
-from tests.speech import espeak_available, speak, word_error_rate, words
 
 RATE = 16_000
 SENTENCES = [

@@ -1,4 +1,4 @@
-"""`python -m shared.model_store build --store DIR`: build the checkpoints models and tests use.
+"""`python -m tools.model_store build --store DIR`: build the checkpoints models and tests use.
 
 Each entry is idempotent (skipped when present and complete), so `./scripts/setup` runs this
 on every start at no cost once the store exists. Entries only benchmarks use (ON_DEMAND) are
@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from shared.model_store import (
+from tools.model_store import (
     piper_voice,
     smollm2_gguf,
     tts_random,
@@ -57,7 +57,7 @@ def build(store: Path, only: list[str] | None = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shared.model_store")
+    parser = argparse.ArgumentParser(prog="python -m tools.model_store")
     sub = parser.add_subparsers(dest="command", required=True)
     build_cmd = sub.add_parser(
         "build", help="build or import every checkpoint but the benchmark-only ones (or --only)"

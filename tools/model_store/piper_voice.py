@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from shared.model_store.manifest import build_from_wheel
-from shared.model_store.wheels import PinnedWheel, progress
+from tools.model_store.manifest import build_from_wheel
+from tools.model_store.wheels import PinnedWheel, progress
 
 #: Constants of the VITS architecture that no tensor records.
 LEAKY_RELU_SLOPE = 0.1

@@ -45,8 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.model_store import manifest
-from shared.model_store.wheels import progress, remove_stale_temp_dirs
+from tools.model_store import manifest
+from tools.model_store.wheels import progress, remove_stale_temp_dirs
 
 #: Bumped whenever the files written here change, so stores built by older code are redone.
 REVISION = 1
@@ -260,7 +260,7 @@ def build_random_tts(dest: Path, variant: str, seed: int = 0) -> Path:
     """Write a random-weight TTS checkpoint of `variant` to `dest`; a no-op when complete.
 
     Written into a temporary directory next to `dest` and published into place when finished,
-    the manifest last (`shared.model_store.manifest.publish`), so a reader never sees half of
+    the manifest last (`tools.model_store.manifest.publish`), so a reader never sees half of
     one. Returns `dest`.
     """
     if variant not in VARIANTS:
@@ -282,7 +282,7 @@ def build_random_tts(dest: Path, variant: str, seed: int = 0) -> Path:
 
 
 def store_entries() -> dict[str, Callable[[Path], Path]]:
-    """The model store's build entries (`shared.model_store.__main__.ENTRIES`) for these."""
+    """The model store's build entries (`tools.model_store.__main__.ENTRIES`) for these."""
     return {
         spec.store_name: lambda store, variant=variant, name=spec.store_name: build_random_tts(
             store / name, variant

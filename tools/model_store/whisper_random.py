@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.model_store import manifest
-from shared.model_store.wheels import progress, remove_stale_temp_dirs
+from tools.model_store import manifest
+from tools.model_store.wheels import progress, remove_stale_temp_dirs
 
 if TYPE_CHECKING:
     from transformers import GenerationConfig, WhisperConfig, WhisperTokenizer
@@ -391,7 +391,7 @@ def build_random_whisper(dest: Path, variant: str, seed: int = 0) -> Path:
 
     The checkpoint is written into a temporary directory next to `dest` (same file system)
     and renamed into place when finished, the manifest last
-    (`shared.model_store.manifest.publish`), so a reader never sees half of one; a `dest`
+    (`tools.model_store.manifest.publish`), so a reader never sees half of one; a `dest`
     without a matching manifest (half-written, other seed, older revision) is replaced.
     Returns `dest`.
     """

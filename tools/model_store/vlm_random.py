@@ -35,8 +35,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.model_store.manifest import checkpoint_files, is_complete, publish
-from shared.model_store.smollm2_gguf import (
+from tools.model_store.manifest import checkpoint_files, is_complete, publish
+from tools.model_store.smollm2_gguf import (
     END_OF_UTTERANCE_TOKEN,
     IMAGE_TOKEN,
     SMOLVLM_256M_VISION,
@@ -44,7 +44,7 @@ from shared.model_store.smollm2_gguf import (
     preprocessor_settings,
     smolvlm_added_tokens,
 )
-from shared.model_store.wheels import progress, remove_stale_temp_dirs
+from tools.model_store.wheels import progress, remove_stale_temp_dirs
 
 #: Bumped whenever the files written here change, so stores built by older code are redone.
 REVISION = 1
@@ -463,7 +463,7 @@ def build_random_vlm(dest: Path, variant: str, seed: int = 0) -> Path:
     """Write a random-weight VLM of `variant` to `dest`; a no-op when already complete.
 
     Built in a temporary directory next to `dest` and published atomically with a manifest
-    (`shared.model_store.manifest`). Returns `dest`.
+    (`tools.model_store.manifest`). Returns `dest`.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown VLM variant {variant!r}; known: {sorted(VARIANTS)}")
@@ -489,7 +489,7 @@ def build_random_vlm(dest: Path, variant: str, seed: int = 0) -> Path:
 
 
 def store_entries() -> dict[str, Callable[[Path], Path]]:
-    """The model store's entries for every variant (`python -m shared.model_store build`)."""
+    """The model store's entries for every variant (`python -m tools.model_store build`)."""
     return {
         spec.store_name: (
             lambda store, name=name, spec=spec: build_random_vlm(store / spec.store_name, name)
