@@ -1,5 +1,7 @@
-"""Preprocessing and Triton-helper library shared by every served model.
+"""The preprocessing and runtime library every engine and model builds on.
 
-Everything here except `shared.triton` is plain Python (no `triton_python_backend_utils`), so the
-engines in `backends/` and the tests can use it without a server.
+Audio, image and text handling, chat messages, phonemes, sessions, settings, safe checkpoint
+loading, quantization (int4 included), per-request errors and log hygiene: plain Python that
+imports neither `triton_python_backend_utils`, the glue in `serving/`, nor the engines in
+`backends/`, so everything above can use it and it runs without a server.
 """

@@ -1,6 +1,6 @@
 """Per-request errors that carry the Triton status code a client should see.
 
-Engines and preprocessing raise `RequestError`; `shared.triton` turns it into a
+Engines and preprocessing raise `RequestError`; `serving.errors` turns it into a
 `pb_utils.TritonError` for that one request. Keeping the code here, as a plain enum, lets code
 that never imports Triton decide between "your input is wrong" (INVALID_ARG, HTTP 400) and "we
 failed" (INTERNAL, HTTP 500).

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from shared.errors import ModelLoadError
+from shared.params import Param, resolve
 from shared.quantization import Placement, pretrained_kwargs
 
 DEFAULT_MODEL_STORE = "/models"
@@ -121,15 +123,30 @@ def finish_load(model: Any, processor: Any, placement: Placement, started: float
 
 @dataclass(frozen=True)
 class LoadPlan:
-    """Everything `initialize()` decides before touching weights: settings, where, what."""
+    """Everything `initialize()` decides before touching weights: settings, where, what.
+
+    It is what every engine's `load` takes, so a model's settings reach its engine one way.
+    """
 
     settings: dict[str, Any]
     placement: Placement
     model_dir: Path
 
+    @classmethod
+    def in_process(
+        cls, model_dir: Path, placement: Placement, specs: Sequence[Param], **settings: Any
+    ) -> LoadPlan:
+        """A plan without Triton (tests, benchmarks): the declared defaults of `specs`, with
+        `settings` over them; a name `specs` does not declare is a mistake, not ignored."""
+        values = {spec.name: spec.default for spec in specs}
+        unknown = sorted(set(settings) - set(values))
+        if unknown:
+            raise ValueError(f"unknown settings {unknown}; known: {sorted(values)}")
+        return cls({**values, **settings}, placement, Path(model_dir))
+
 
 def plan_load(
-    args: dict[str, str], specs: list[Any], environ: dict[str, str] | None = None
+    args: dict[str, str], specs: Sequence[Param], environ: dict[str, str] | None = None
 ) -> LoadPlan:
     """Resolve a model's settings from Triton's `initialize` args and check the checkpoint.
 
@@ -137,7 +154,6 @@ def plan_load(
     """
     import json
 
-    from shared.params import resolve
     from shared.quantization import resolve_device, resolve_placement
 
     model_config = json.loads(args["model_config"])

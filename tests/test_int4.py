@@ -8,6 +8,7 @@ from torch import nn
 
 from shared.errors import ModelLoadError
 from shared.int4 import GROUP_SIZE, Int4Linear, quantize_linears
+from shared.loading import LoadPlan
 from shared.quantization import pretrained_kwargs, resolve_placement
 
 
@@ -111,8 +112,9 @@ def test_int4_placement() -> None:
 def test_the_default_smollm2_packed_as_int4_answers_as_in_float32(model_store) -> None:
     """The shipped checkpoint's layers are the GGUF's Q4_1 ones: packed as int4 and computed
     with float32 activations, the model gives float32's greedy tokens, batched."""
-    from backends.vlm import VlmEngine
-    from backends.vlm_chat import ChatService, chat_params
+    from backends.chat.engine import VlmEngine
+    from backends.chat.service import ChatService
+    from backends.chat.settings import chat_params
     from shared.chat import ChatRequest
     from shared.params import resolve
 
@@ -120,7 +122,7 @@ def test_the_default_smollm2_packed_as_int4_answers_as_in_float32(model_store) -
         config = {"parameters": {"max_new_tokens": {"string_value": "6"}}}
         settings = resolve(chat_params("smolvlm-256m-smollm2", images=False), config, "llm", {})
         placement = resolve_placement(quantization, "float32", "cpu")
-        engine = VlmEngine.load(model_store / "smolvlm-256m-smollm2", placement)
+        engine = VlmEngine.load(LoadPlan(settings, placement, model_store / "smolvlm-256m-smollm2"))
         return ChatService(engine, settings)
 
     requests = [ChatRequest("What is the capital of France?"), ChatRequest("Name a colour.")]

@@ -18,7 +18,7 @@ import pytest
 import soxr
 import torch
 
-from backends.piper import (
+from backends.tts.piper_model import (
     HifiGanResidualBlock2,
     PiperFrontend,
     PiperVitsModel,

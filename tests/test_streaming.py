@@ -1,4 +1,4 @@
-"""shared.streaming: every request of a decoupled batch ends with exactly one final flag."""
+"""serving.streaming: every request of a decoupled batch ends with exactly one final flag."""
 
 from __future__ import annotations
 

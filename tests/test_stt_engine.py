@@ -7,11 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backends.stt import SttRow, WhisperEngine
+from backends.stt.engine import SttRow, WhisperEngine
+from backends.stt.settings import stt_params
 from shared.errors import RequestError
+from shared.loading import LoadPlan
 from shared.quantization import resolve_placement
 
 RATE = 16_000
+
+STT_SETTINGS = stt_params("whisper-tiny.en")
 
 
 def clip(seconds: float, seed: int) -> np.ndarray:
@@ -23,14 +27,22 @@ def clip(seconds: float, seed: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def english(model_store: Path) -> WhisperEngine:
     return WhisperEngine.load(
-        model_store / "whisper-tiny-random", resolve_placement("none", "auto", "cpu")
+        LoadPlan.in_process(
+            model_store / "whisper-tiny-random",
+            resolve_placement("none", "auto", "cpu"),
+            STT_SETTINGS,
+        )
     )
 
 
 @pytest.fixture(scope="module")
 def multilingual(model_store: Path) -> WhisperEngine:
     return WhisperEngine.load(
-        model_store / "whisper-large-v3-turbo-random", resolve_placement("none", "auto", "cpu")
+        LoadPlan.in_process(
+            model_store / "whisper-large-v3-turbo-random",
+            resolve_placement("none", "auto", "cpu"),
+            STT_SETTINGS,
+        )
     )
 
 
@@ -120,7 +132,11 @@ def test_translate_and_transcribe_are_separate_calls(multilingual, monkeypatch) 
 @pytest.mark.parametrize("quantization", ["int8", "nf4", "fp4", "int4"])
 def test_quantized_load_and_transcribe(model_store: Path, quantization: str) -> None:
     engine = WhisperEngine.load(
-        model_store / "whisper-tiny-random", resolve_placement(quantization, "auto", "cpu")
+        LoadPlan.in_process(
+            model_store / "whisper-tiny-random",
+            resolve_placement(quantization, "auto", "cpu"),
+            STT_SETTINGS,
+        )
     )
     assert f"quantization={quantization}" in engine.describe() and "footprint=" in engine.describe()
     (result,) = engine.transcribe([SttRow(audio=clip(1.0, 0), max_new_tokens=4)])

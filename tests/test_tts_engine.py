@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from backends.tts import (
+from backends.tts.engine import (
     TextLimits,
     TtsEngine,
     Utterance,
@@ -25,9 +25,11 @@ from backends.tts import (
     load_engine,
     sentence_seed,
 )
-from backends.tts_speecht5 import SpeechT5Engine
-from backends.tts_vits import VitsEngine
+from backends.tts.settings import tts_params
+from backends.tts.speecht5 import SpeechT5Engine
+from backends.tts.vits import VitsEngine
 from shared.errors import ModelLoadError, RequestError
+from shared.loading import LoadPlan
 from shared.quantization import Placement
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -36,13 +38,15 @@ ATOL = 5e-4
 CPU = Placement("cpu", "float32", "none")
 TEXTS = ["Hello there, how are you?", "Fine.", "The sun is warm, the wind is light."]
 
+TTS_SETTINGS = tts_params("piper-en_US-joe-medium")
+
 
 @pytest.fixture(scope="module")
 def engines(model_store: Path) -> Iterator[dict[str, TtsEngine]]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MODEL_STORE", str(model_store))
         yield {
-            name: load_engine(model_store / path, CPU, TextLimits(), {})
+            name: load_engine(LoadPlan.in_process(model_store / path, CPU, TTS_SETTINGS))
             for name, path in [("vits", "vits-tiny-random"), ("speecht5", "speecht5-tiny-random")]
         }
 
@@ -320,11 +324,11 @@ def test_speecht5_needs_its_voices_and_refuses_4_bit_on_the_cpu(
     shutil.copytree(model_store / "speecht5-tiny-random", copy)
     (copy / "voices.safetensors").unlink()
     with pytest.raises(ModelLoadError, match="voices.safetensors is missing"):
-        load_engine(copy, CPU, TextLimits(), {})
+        load_engine(LoadPlan.in_process(copy, CPU, TTS_SETTINGS))
     with pytest.raises(ModelLoadError, match="'nf4' cannot run SpeechT5 on the CPU"):
-        load_engine(copy, Placement("cpu", "float32", "nf4"), TextLimits(), {})
+        load_engine(LoadPlan.in_process(copy, Placement("cpu", "float32", "nf4"), TTS_SETTINGS))
     with pytest.raises(ModelLoadError, match="outside the model store"):
-        load_engine(copy, CPU, TextLimits(), {"vocoder_path": str(model_store)})
+        load_engine(LoadPlan.in_process(copy, CPU, TTS_SETTINGS, vocoder_path=str(model_store)))
 
 
 @pytest.mark.parametrize("path", ["vits-tiny-random", "speecht5-tiny-random"])
@@ -336,7 +340,9 @@ def test_int4_packs_what_it_can_and_a_row_still_sounds_the_same_alone(
     and alone agree to bfloat16 precision (SpeechT5's samples differ by up to ~0.1 in
     bfloat16 with or without int4; its autoregressive decoder carries the rounding along)."""
     monkeypatch.setenv("MODEL_STORE", str(model_store))
-    engine = load_engine(model_store / path, Placement("cpu", "bfloat16", "int4"), TextLimits(), {})
+    engine = load_engine(
+        LoadPlan.in_process(model_store / path, Placement("cpu", "bfloat16", "int4"), TTS_SETTINGS)
+    )
     assert "int4 linear layers:" in engine.describe()
     batch = utterances(engine)
     together = engine.synthesize(batch)

@@ -16,11 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from backends.piper import HifiGanResidualBlock2, PiperFrontend
-from backends.tts import TextLimits, Utterance, engine_class, load_engine
-from backends.tts_piper import PiperEngine
+from backends.tts.engine import TextLimits, Utterance, engine_class, load_engine
+from backends.tts.piper import PiperEngine
+from backends.tts.piper_model import HifiGanResidualBlock2, PiperFrontend
+from backends.tts.settings import tts_params
 from shared import phonemes
 from shared.errors import ModelLoadError
+from shared.loading import LoadPlan
 from shared.phonemes import PhonemizerError
 from shared.quantization import Placement
 from tests.harness.runner import ModelHarness
@@ -42,10 +44,12 @@ TEXTS = ["Hello there, how are you?", "Fine.", "The sun is warm, the wind is lig
 #: Arabic-Indic digits: letters to the text checks, but espeak-ng's en-us says nothing for them.
 NO_PHONEMES = "١٢٣"
 
+TTS_SETTINGS = tts_params("piper-en_US-joe-medium")
+
 
 @pytest.fixture(scope="module")
 def engine(model_store: Path) -> PiperEngine:
-    loaded = load_engine(model_store / VOICE, CPU, TextLimits(), {})
+    loaded = load_engine(LoadPlan.in_process(model_store / VOICE, CPU, TTS_SETTINGS))
     assert isinstance(loaded, PiperEngine)
     return loaded
 
@@ -143,7 +147,7 @@ def test_a_broken_espeak_ng_fails_the_load(
 ) -> None:
     monkeypatch.setattr(phonemes, "ESPEAK_PROGRAM", "espeak-ng-not-installed")
     with pytest.raises(ModelLoadError, match="cannot speak: espeak-ng-not-installed is not"):
-        load_engine(model_store / VOICE, CPU, TextLimits(), {})
+        load_engine(LoadPlan.in_process(model_store / VOICE, CPU, TTS_SETTINGS))
 
 
 # --- the tts models: the voice by default, its settings, per-request front-end failures -------
@@ -236,7 +240,9 @@ def test_the_placement_reaches_the_voice_int8(model_store: Path, engine: PiperEn
     """bitsandbytes int8 (linear layers: the text encoder's) through shared.quantization."""
     from bitsandbytes.nn import Linear8bitLt
 
-    int8 = load_engine(model_store / VOICE, Placement("cpu", "float32", "int8"), TextLimits(), {})
+    int8 = load_engine(
+        LoadPlan.in_process(model_store / VOICE, Placement("cpu", "float32", "int8"), TTS_SETTINGS)
+    )
     assert "quantization=int8" in int8.describe()
     layers = [m for m in int8.model.text_encoder.modules() if isinstance(m, Linear8bitLt)]
     assert layers, "the text encoder's linear layers are quantized"
@@ -250,7 +256,9 @@ def test_bfloat16_voice_speaks_every_sentence(model_store: Path, engine: PiperEn
     """bfloat16 (about twice float32's speed on a CPU with avx512_bf16) keeps the duration
     predictor in float32: in bfloat16 its spline raised ValueError on this sentence, and frame
     counts above 256 are not exact integers in bfloat16."""
-    half = load_engine(model_store / VOICE, Placement("cpu", "bfloat16", "none"), TextLimits(), {})
+    half = load_engine(
+        LoadPlan.in_process(model_store / VOICE, Placement("cpu", "bfloat16", "none"), TTS_SETTINGS)
+    )
     assert next(half.model.text_encoder.parameters()).dtype == torch.bfloat16
     assert next(half.model.duration_predictor.parameters()).dtype == torch.float32
     text = "We need more water and some bread for the trip."

@@ -1,4 +1,4 @@
-"""The fused decoder (backends.vlm_decode): generate()'s tokens, without holding weights twice."""
+"""The fused decoder (backends.chat.decode): generate()'s tokens, without holding weights twice."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 import torch
 
-from backends.vlm import EngineRow, VlmEngine
-from backends.vlm_sampling import Sampling
+from backends.chat.engine import EngineRow, VlmEngine
+from backends.chat.sampling import Sampling
+from backends.chat.settings import chat_params
 from shared.chat import text_message
+from shared.loading import LoadPlan
 from shared.quantization import Placement
 
 PROMPTS = [
@@ -19,6 +21,8 @@ PROMPTS = [
     "How many legs does a spider have?",
     "Say hello.",
 ]
+
+CHAT_SETTINGS = chat_params("smolvlm-256m-smollm2", images=True)
 
 
 def answers(engine: VlmEngine, max_new_tokens: int) -> tuple[list, list]:
@@ -37,9 +41,12 @@ def test_the_real_smollm2_decodes_generates_tokens_in_float32(model_store: Path)
     results = {}
     for decoder in ("generate", "fused"):
         engine = VlmEngine.load(
-            model_store / "smolvlm-256m-smollm2",
-            Placement("cpu", "float32", "none"),
-            decoder=decoder,
+            LoadPlan.in_process(
+                model_store / "smolvlm-256m-smollm2",
+                Placement("cpu", "float32", "none"),
+                CHAT_SETTINGS,
+                decoder=decoder,
+            )
         )
         results[decoder] = answers(engine, max_new_tokens=24)
     alone, together = results["fused"]
@@ -53,7 +60,12 @@ def test_fused_projections_share_the_models_weights(model_store: Path, quantizat
     """q/k/v and gate/up are one matrix each, and the model's modules are views of it."""
     dtype = "bfloat16" if quantization == "int4" else "float32"
     engine = VlmEngine.load(
-        model_store / "smolvlm-tiny-random", Placement("cpu", dtype, quantization), decoder="fused"
+        LoadPlan.in_process(
+            model_store / "smolvlm-tiny-random",
+            Placement("cpu", dtype, quantization),
+            CHAT_SETTINGS,
+            decoder="fused",
+        )
     )
     name = "packed" if quantization == "int4" else "weight"
     for layer in engine.model.get_decoder().layers:
@@ -70,7 +82,12 @@ def test_a_single_bfloat16_row_restores_onednn(model_store: Path) -> None:
     """One bfloat16 row runs its matmuls without oneDNN (faster there), and oneDNN is back on
     afterwards, also when the step fails."""
     engine = VlmEngine.load(
-        model_store / "smolvlm-tiny-random", Placement("cpu", "bfloat16", "none"), decoder="fused"
+        LoadPlan.in_process(
+            model_store / "smolvlm-tiny-random",
+            Placement("cpu", "bfloat16", "none"),
+            CHAT_SETTINGS,
+            decoder="fused",
+        )
     )
     seen: list[bool] = []
     head = engine.fused.head  # type: ignore[union-attr]
@@ -104,7 +121,10 @@ def test_float32_on_a_cpu_never_steps_two_or_three_rows(model_store: Path) -> No
 
     def decoder(dtype: str) -> Any:
         placement = Placement("cpu", dtype, "none")
-        return VlmEngine.load(model_store / "smolvlm-tiny-random", placement, decoder="fused").fused
+        plan = LoadPlan.in_process(
+            model_store / "smolvlm-tiny-random", placement, CHAT_SETTINGS, decoder="fused"
+        )
+        return VlmEngine.load(plan).fused
 
     float32, bfloat16 = decoder("float32"), decoder("bfloat16")
     assert [float32.batch_rows(going, 16) for going in (1, 2, 3, 4, 5)] == [1, 4, 4, 4, 5]

@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backends.vlm import VlmEngine
-from backends.vlm_chat import ChatService, chat_params
+from backends.chat.engine import VlmEngine
+from backends.chat.service import ChatService
+from backends.chat.settings import chat_params
 from shared.chat import ChatRequest, Completion
 from shared.errors import ModelLoadError, RequestError
 from shared.image import encode_image
+from shared.loading import LoadPlan
 from shared.params import resolve
 from shared.quantization import resolve_placement
 
@@ -34,12 +36,8 @@ CHECKPOINTS = [
 def make_service(model_store: Path, name: str, quantization: str = "none", **settings: Any):
     config = {"parameters": {k: {"string_value": str(v)} for k, v in settings.items()}}
     resolved = resolve(chat_params(name, images=True), config, "vlm", {})
-    engine = VlmEngine.load(
-        model_store / name,
-        resolve_placement(quantization, "auto", "cpu"),
-        max_new_tokens_limit=resolved["max_new_tokens_limit"],
-        decoder=resolved["decoder"],
-    )
+    placement = resolve_placement(quantization, "auto", "cpu")
+    engine = VlmEngine.load(LoadPlan(resolved, placement, model_store / name))
     return ChatService(engine, resolved)
 
 

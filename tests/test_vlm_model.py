@@ -309,7 +309,7 @@ def test_environment_overrides_config_with_the_model_prefix_first(
         monkeypatch.setenv(key, value)
     with ModelHarness(REPO / "vlm", parameters={"model_path": "smolvlm-256m-random"}) as harness:
         assert any(architecture in m for _, m in harness.logs)
-        settings = harness.model.service.settings
+        settings = harness.model.engine.settings
         assert (settings["temperature"], settings["max_history"]) == (0.5, 7)
 
 

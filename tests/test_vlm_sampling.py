@@ -1,4 +1,4 @@
-"""Per-row decoding (backends.vlm_sampling): detokenizing, stop strings, sampling, finishing."""
+"""Per-row decoding (backends.chat.sampling): detokenizing, stop strings, sampling, finishing."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from backends.vlm_sampling import Detokenizer, RowSampler, RowTracker, Sampling
+from backends.chat.sampling import Detokenizer, RowSampler, RowTracker, Sampling
 
 TEXT = "Hello wörld, the café — 猫 sat. Stop here, please!"
 

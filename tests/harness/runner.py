@@ -493,7 +493,7 @@ class ModelHarness:
     def activated(self, *, executing: bool = True) -> Iterator[types.ModuleType]:
         """Run test code as if inside this model's stub, inside execute() by default.
 
-        For unit tests of helpers that use pb_utils (say `shared.triton`): the mock module is
+        For unit tests of helpers that use pb_utils (say `serving.tensors`): the mock module is
         importable as `triton_python_backend_utils`, and Logger, metrics and BLS act for this
         model. Yields the mock module.
         """

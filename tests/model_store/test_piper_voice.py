@@ -24,7 +24,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from transformers import VitsConfig
 
-from backends.piper import HifiGanResidualBlock2, PiperVitsModel, load_piper_vits
+from backends.tts.piper_model import HifiGanResidualBlock2, PiperVitsModel, load_piper_vits
 from tools.model_store.manifest import MARKER
 from tools.model_store.piper_voice import (
     PiperFormatError,

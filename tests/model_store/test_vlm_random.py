@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
-from backends.vlm import ImageOnlyProcessors
+from backends.chat.engine import ImageOnlyProcessors
 from tools.model_store.manifest import MARKER
 from tools.model_store.smollm2_gguf import smolvlm_added_tokens
 from tools.model_store.vlm_random import (

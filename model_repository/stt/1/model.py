@@ -1,57 +1,35 @@
-"""Speech-to-text on Triton: parse requests, run them as one batch, respond per request.
+"""Speech-to-text on Triton: audio of any length in, text (and segments) out, one batch.
 
-The work is in `backends.stt.WhisperEngine` and `shared`; this file only maps Triton tensors to
-engine rows and back. Inputs, outputs and settings are documented in README.md.
+The work is in `backends.stt.engine.WhisperEngine`; this file maps Triton tensors to engine
+rows and back. Contract and settings: docs/models/stt.md.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import triton_python_backend_utils as pb_utils
-
-from backends.stt import SttRow, Transcription, WhisperEngine
-from shared import triton
+from backends.stt.engine import SttRow, Transcription, WhisperEngine
+from backends.stt.settings import stt_params
+from serving import tensors
+from serving.adapters import UnaryModel
+from serving.protocols import Request, Response
 from shared.audio import decode_audio
-from shared.loading import plan_load
-from shared.params import Param, load_params
-
-PARAMS = [
-    *load_params(default_model_path="whisper-tiny.en"),
-    Param("max_audio_seconds", 1800.0, parse=float, minimum=1.0, doc="longest accepted audio"),
-    Param("max_audio_bytes", 64 << 20, parse=int, minimum=1024, doc="largest accepted file"),
-    Param("max_new_tokens", 440, parse=int, minimum=1, doc="upper bound per 30 s window"),
-]
 
 
-class TritonPythonModel:
+class TritonPythonModel(UnaryModel[WhisperEngine, SttRow, Transcription]):
     """Whisper served with dynamic batching: one generate() call per group of equal options."""
 
-    def initialize(self, args: dict[str, str]) -> None:
-        self.name = args["model_name"]
-        plan = plan_load(args, PARAMS)
-        self.settings = plan.settings
-        self.engine = WhisperEngine.load(
-            plan.model_dir, plan.placement, max_new_tokens_limit=plan.settings["max_new_tokens"]
-        )
-        self.errors = triton.ErrorCounter(self.name)
-        pb_utils.Logger.log_info(f"{self.name}: loaded {plan.model_dir}: {self.engine.describe()}")
+    params = stt_params("whisper-tiny.en")
+    load_engine = WhisperEngine.load
 
-    def execute(self, requests: list[Any]) -> list[Any]:
-        return triton.run_batch(
-            requests, self._parse, self.engine.transcribe, self._respond, self.name, self.errors
-        )
-
-    def _parse(self, request: Any) -> list[SttRow]:
-        rows = triton.request_rows(request, "audio")
-        audio = triton.bytes_column(
-            request, "audio", rows, max_bytes=self.settings["max_audio_bytes"]
-        )
-        language = triton.text_column(request, "language", rows, max_chars=32) or [None] * rows
-        task = triton.text_column(request, "task", rows, max_chars=32) or [None] * rows
-        max_new = triton.number_column(request, "max_new_tokens", rows, int) or [None] * rows
-        temperature = triton.number_column(request, "temperature", rows, float) or [None] * rows
-        stamps = triton.number_column(request, "return_timestamps", rows, bool) or [False] * rows
+    def parse(self, request: Request) -> list[SttRow]:
+        rows = tensors.request_rows(request, "audio")
+        max_bytes = self.settings["max_audio_bytes"]
+        audio = tensors.bytes_column(request, "audio", rows, max_bytes=max_bytes)
+        assert audio is not None  # request_rows found it
+        language = tensors.text_column(request, "language", rows, max_chars=32) or [None] * rows
+        task = tensors.text_column(request, "task", rows, max_chars=32) or [None] * rows
+        max_new = tensors.number_column(request, "max_new_tokens", rows, int) or [None] * rows
+        temperature = tensors.number_column(request, "temperature", rows, float) or [None] * rows
+        stamps = tensors.number_column(request, "return_timestamps", rows, bool) or [False] * rows
         engine = self.engine
         return [
             SttRow(
@@ -59,7 +37,7 @@ class TritonPythonModel:
                     audio[i],
                     target_rate=engine.sampling_rate,
                     max_seconds=self.settings["max_audio_seconds"],
-                    max_bytes=self.settings["max_audio_bytes"],
+                    max_bytes=max_bytes,
                 ),
                 language=engine.check_language(language[i]),
                 task=engine.check_task(task[i]),
@@ -70,10 +48,11 @@ class TritonPythonModel:
             for i in range(rows)
         ]
 
-    def _respond(self, request: Any, results: list[Transcription]) -> Any:
-        return pb_utils.InferenceResponse(
-            output_tensors=[
-                triton.bytes_tensor("text", [r.text for r in results]),
-                triton.json_tensor("segments", [r.segments for r in results]),
-            ]
+    def run(self, rows: list[SttRow]) -> list[Transcription]:
+        return self.engine.transcribe(rows)
+
+    def respond(self, request: Request, results: list[Transcription]) -> Response:
+        return tensors.response(
+            tensors.bytes_tensor("text", [r.text for r in results]),
+            tensors.json_tensor("segments", [r.segments for r in results]),
         )

@@ -1,20 +1,14 @@
-"""Vision-language chat on Triton: parse requests, run them as one batch, respond per request.
+"""Vision-language chat on Triton: images and text in, text out, one batched generation.
 
-The work is in `backends.vlm_chat.ChatService` (validation, sessions) over
-`backends.vlm.VlmEngine` (one batched generation); the Triton side, shared with `llm`, is
-`shared.chat_triton.UnaryChatModel`. Inputs, outputs and settings are documented in README.md.
+The steps are `serving.chat.UnaryChatModel`'s (shared with `llm`); the work is in
+`backends.chat`. Contract and settings: docs/models/vlm.md.
 """
 
 from __future__ import annotations
 
-from backends.vlm_chat import ChatService, chat_params
-from shared.chat_triton import UnaryChatModel
-
-PARAMS = chat_params("smolvlm-256m-smollm2", images=True)
+from backends.chat.settings import chat_params
+from serving.chat import UnaryChatModel
 
 
 class TritonPythonModel(UnaryChatModel):
-    """One batched generation per execute(); each request keeps its own sampling options."""
-
-    params = PARAMS
-    load_service = staticmethod(ChatService.load)
+    params = chat_params("smolvlm-256m-smollm2", images=True)

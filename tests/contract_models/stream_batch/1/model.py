@@ -1,11 +1,12 @@
-"""Streams `count` pieces per request through shared.streaming, all requests in one `run` call."""
+"""Streams `count` pieces per request through serving.streaming, all requests in one `run` call."""
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from shared import triton
+from serving import tensors
+from serving.errors import ErrorCounter
+from serving.streaming import Stream, run_stream_batch
 from shared.errors import invalid
-from shared.streaming import Stream, run_stream_batch
 
 
 def _int(name: str, value: int) -> object:
@@ -14,14 +15,14 @@ def _int(name: str, value: int) -> object:
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.errors = triton.ErrorCounter(args["model_name"])
+        self.errors = ErrorCounter(args["model_name"])
         self.calls = 0
 
     def execute(self, requests):
         run_stream_batch(requests, self._parse, self._run, "stream_batch", self.errors)
 
     def _parse(self, request):
-        count = triton.number_column(request, "count", 1, int)[0]
+        count = tensors.number_column(request, "count", 1, int)[0]
         if count < 0:
             raise invalid(f"input 'count' is {count}; it must be at least 0")
         return [count]

@@ -1,5 +1,5 @@
-"""The chat service the `vlm`, `vlm_stream` and `llm` models share: settings, validation,
-conversation history, and the batched engine call.
+"""The chat service the `vlm`, `vlm_stream` and `llm` models share: validation, conversation
+history, and the batched engine call.
 
 Plain Python like the engine: the model files read Triton tensors into `ChatRequest`s, this
 module turns each into an engine row (or a per-request `RequestError`), runs a batch, and
@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from backends.vlm import ATTENTION_IMPLEMENTATIONS, DECODERS, EngineRow, VlmEngine
-from backends.vlm_sampling import RowSink, Sampling
+from backends.chat.engine import EngineRow, VlmEngine
+from backends.chat.sampling import RowSink, Sampling
 from shared.chat import (
     MAX_STOP_CHARS,
     MAX_STOP_STRINGS,
@@ -27,98 +27,9 @@ from shared.chat import (
 )
 from shared.errors import ModelLoadError, invalid
 from shared.loading import LoadPlan
-from shared.params import Param, load_params
 from shared.sessions import SessionStore
 
-#: Environment variables deployments of the earlier FastAPI service already set.
-ENV_ALIASES = {"model_path": ("MODEL_PATH",), "quantization": ("QUANTIZATION_TYPE",)}
 MAX_SESSION_ID_CHARS = 256
-
-
-def _probability(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value <= 1.0:
-        raise ValueError(f"expected a number in (0, 1], got {text!r}")
-    return value
-
-
-def chat_params(default_model_path: str, *, images: bool) -> list[Param]:
-    """Every setting of a chat model; the image limits only where it reads images."""
-    params = [
-        *load_params(default_model_path, ENV_ALIASES),
-        Param(
-            "attn_implementation",
-            "sdpa",
-            choices=ATTENTION_IMPLEMENTATIONS,
-            env_aliases=("ATTENTION_IMPL",),
-            doc="attention kernels (flash_attention_2 needs the flash-attn package and a GPU)",
-        ),
-        Param(
-            "decoder",
-            "auto",
-            choices=DECODERS,
-            doc="decoding loop: fused (Llama models; fewer calls per token, finished rows "
-            "leave the batch) or transformers' generate(); auto: fused on a CPU where it runs",
-        ),
-        Param(
-            "max_new_tokens",
-            256,
-            parse=int,
-            minimum=1,
-            env_aliases=("MAX_NEW_TOKENS",),
-            doc="tokens generated when a request does not say",
-        ),
-        Param(
-            "max_new_tokens_limit",
-            1024,
-            parse=int,
-            minimum=1,
-            doc="the most tokens a request may ask for",
-        ),
-        Param(
-            "temperature",
-            0.0,
-            parse=float,
-            minimum=0.0,
-            maximum=2.0,
-            env_aliases=("TEMPERATURE",),
-            doc="default sampling temperature; 0: greedy",
-        ),
-        Param("top_p", 1.0, parse=_probability, env_aliases=("TOP_P",), doc="default top-p"),
-        Param("top_k", 0, parse=int, minimum=0, doc="default top-k; 0: off"),
-        Param("repetition_penalty", 1.0, parse=float, minimum=0.01, doc="default; 1: off"),
-        Param(
-            "max_history",
-            5,
-            parse=int,
-            minimum=0,
-            env_aliases=("MAX_HISTORY",),
-            doc="turns kept per session_id; 0: no history",
-        ),
-        Param("max_sessions", 1024, parse=int, minimum=0, doc="sessions kept (LRU evicted)"),
-        Param("session_idle_seconds", 3600.0, parse=float, minimum=1.0, doc="idle expiry"),
-        Param(
-            "session_max_bytes",
-            256 << 20,
-            parse=int,
-            minimum=0,
-            doc="memory all sessions may hold (text and decoded images)",
-        ),
-        Param("max_prompt_bytes", 32 << 20, parse=int, minimum=1024, doc="largest prompt"),
-    ]
-    if images:
-        params += [
-            Param("max_images", 8, parse=int, minimum=0, doc="images per request"),
-            Param(
-                "max_image_pixels",
-                25_000_000,
-                parse=int,
-                minimum=1,
-                doc="largest image (width x height), checked before decoding",
-            ),
-            Param("max_image_bytes", 20 << 20, parse=int, minimum=1024, doc="largest image file"),
-        ]
-    return params
 
 
 @dataclass(frozen=True)
@@ -157,14 +68,10 @@ class ChatService:
     @classmethod
     def load(cls, plan: LoadPlan) -> ChatService:
         """The engine of `plan`'s checkpoint, with the plan's settings."""
-        engine = VlmEngine.load(
-            plan.model_dir,
-            plan.placement,
-            attn_implementation=plan.settings["attn_implementation"],
-            max_new_tokens_limit=plan.settings["max_new_tokens_limit"],
-            decoder=plan.settings["decoder"],
-        )
-        return cls(engine, plan.settings)
+        return cls(VlmEngine.load(plan), plan.settings)
+
+    def describe(self) -> str:
+        return self.engine.describe()
 
     # --- one request row -------------------------------------------------------------------
 

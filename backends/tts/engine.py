@@ -8,10 +8,10 @@ option checks, per-sentence seeds, how sentences become batched calls, joining s
 pause, and sentence-by-sentence streaming. What differs lives in one subclass per architecture,
 chosen by the checkpoint's config.json (`ENGINES`):
 
-* `backends.tts_vits.VitsEngine`: VITS (MMS-TTS), non-autoregressive, speaker ids, per-row noise;
-* `backends.tts_piper.PiperEngine`: a Piper voice, a VITS whose decoder has "ResBlock2" blocks
+* `backends.tts.vits.VitsEngine`: VITS (MMS-TTS), non-autoregressive, speaker ids, per-row noise;
+* `backends.tts.piper.PiperEngine`: a Piper voice, a VITS whose decoder has "ResBlock2" blocks
   and whose input is espeak-ng phonemes (the default voice);
-* `backends.tts_speecht5.SpeechT5Engine`: SpeechT5, an autoregressive mel decoder, speaker
+* `backends.tts.speecht5.SpeechT5Engine`: SpeechT5, an autoregressive mel decoder, speaker
   embeddings (x-vectors) as voices and a separate HiFi-GAN vocoder.
 
 Text becomes model input ids while a request is validated (`TtsEngine.row`), not inside the
@@ -41,6 +41,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from shared.errors import ModelLoadError, invalid
+from shared.loading import LoadPlan
 from shared.text import (
     check_length,
     drop_characters,
@@ -60,9 +61,9 @@ _SEED_MODULUS = 1 << 63
 #: Values are "module:Class", imported on first use, so a new engine (a phoneme-based VITS, say)
 #: is one line here plus its own module, and nothing else is imported until needed.
 ENGINES: dict[str, str] = {
-    "vits": "backends.tts_vits:VitsEngine",
-    "piper": "backends.tts_piper:PiperEngine",
-    "speecht5": "backends.tts_speecht5:SpeechT5Engine",
+    "vits": "backends.tts.vits:VitsEngine",
+    "piper": "backends.tts.piper:PiperEngine",
+    "speecht5": "backends.tts.speecht5:SpeechT5Engine",
 }
 
 
@@ -122,6 +123,16 @@ class TextLimits:
     max_sentence_chars: int = 300
     sentence_pause_seconds: float = 0.2
     max_batch_sentences: int = 32
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> TextLimits:
+        """The limits a TTS model's settings (`backends.tts.settings`) set."""
+        return cls(
+            max_text_chars=settings["max_text_chars"],
+            max_sentence_chars=settings["max_sentence_chars"],
+            sentence_pause_seconds=settings["sentence_pause_seconds"],
+            max_batch_sentences=settings["max_batch_sentences"],
+        )
 
 
 @dataclass(frozen=True)
@@ -328,10 +339,8 @@ class TtsEngine(ABC):
 
     @classmethod
     @abstractmethod
-    def load(
-        cls, model_dir: Path, placement: Any, limits: TextLimits, settings: Mapping[str, Any]
-    ) -> TtsEngine:
-        """Load the checkpoint in `model_dir` (settings: the model's resolved settings)."""
+    def load(cls, plan: LoadPlan) -> TtsEngine:
+        """Load the checkpoint of `plan` with its settings (`backends.tts.settings`)."""
 
     @abstractmethod
     def _forward(self, ids: list[list[int]], utterances: list[Utterance]) -> list[np.ndarray]:
@@ -379,8 +388,6 @@ def engine_class(model_dir: Path) -> type[TtsEngine]:
     return getattr(importlib.import_module(module_name), class_name)
 
 
-def load_engine(
-    model_dir: Path, placement: Any, limits: TextLimits, settings: Mapping[str, Any]
-) -> TtsEngine:
-    """Load the checkpoint in `model_dir` with the engine its config names."""
-    return engine_class(model_dir).load(model_dir, placement, limits, settings)
+def load_engine(plan: LoadPlan) -> TtsEngine:
+    """Load the checkpoint of `plan` with the engine its config names."""
+    return engine_class(plan.model_dir).load(plan)

@@ -7,16 +7,14 @@ tested in-process, and the benchmarks compare it served against in-process.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from backends.batching import group_by_key
+from backends.stt.batching import group_by_key
 from shared.errors import invalid
-from shared.loading import Loaded, load_pretrained
+from shared.loading import Loaded, LoadPlan, load_pretrained
 from shared.logs import quiet_repeated_warnings
-from shared.quantization import Placement
 
 TASKS = ("transcribe", "translate")
 
@@ -64,14 +62,15 @@ class WhisperEngine:
         )
 
     @classmethod
-    def load(
-        cls, model_dir: Path, placement: Placement, max_new_tokens_limit: int = 440
-    ) -> WhisperEngine:
+    def load(cls, plan: LoadPlan) -> WhisperEngine:
+        """The checkpoint of `plan`; its `max_new_tokens` setting bounds every window."""
         from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
 
         quiet_repeated_warnings()
-        loaded = load_pretrained(AutoModelForSpeechSeq2Seq, AutoProcessor, model_dir, placement)
-        return cls(loaded, max_new_tokens_limit)
+        loaded = load_pretrained(
+            AutoModelForSpeechSeq2Seq, AutoProcessor, plan.model_dir, plan.placement
+        )
+        return cls(loaded, plan.settings["max_new_tokens"])
 
     def describe(self) -> str:
         kind = "multilingual" if self.multilingual else "English-only"

@@ -1,6 +1,6 @@
 """Decoupled (streaming) execution: pieces as they are made, one final flag per request.
 
-The streaming twin of `shared.triton.run_batch`, for models with
+The streaming twin of `serving.batch.run_batch`, for models with
 `model_transaction_policy { decoupled: true }`:
 
 - each request is parsed on its own; a request that fails parsing gets its error together with
@@ -10,8 +10,6 @@ The streaming twin of `shared.triton.run_batch`, for models with
 - every request gets exactly one COMPLETE_FINAL, whatever happens (engine error included):
   a client waiting on a stream that never ends is the worst failure a decoupled model has;
 - `execute()` returns None, as the decoupled protocol requires.
-
-Only this module and `shared.triton` import `triton_python_backend_utils`.
 """
 
 from __future__ import annotations
@@ -21,8 +19,9 @@ from typing import Any, TypeVar
 
 import triton_python_backend_utils as pb_utils
 
+from serving.errors import ErrorCounter, internal_error, log_exception, triton_error
+from serving.protocols import Request
 from shared.errors import ErrorCode, RequestError
-from shared.triton import ErrorCounter, internal_error, log_exception, triton_error
 
 Row = TypeVar("Row")
 
@@ -30,7 +29,7 @@ Row = TypeVar("Row")
 class Stream:
     """One decoupled request's response sender: send pieces, then finish exactly once."""
 
-    def __init__(self, request: Any, errors: ErrorCounter | None = None) -> None:
+    def __init__(self, request: Request, errors: ErrorCounter | None = None) -> None:
         self._sender = request.get_response_sender()
         self._errors = errors
         self.finished = False
@@ -74,8 +73,8 @@ class Stream:
 
 
 def run_stream_batch(
-    requests: Sequence[Any],
-    parse: Callable[[Any], list[Row]],
+    requests: Sequence[Request],
+    parse: Callable[[Request], list[Row]],
     run: Callable[[list[Row], list[Stream]], None],
     model_name: str,
     errors: ErrorCounter | None = None,

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.tts import (
+from backends.tts.engine import (
     FrontEnd,
     TextLimits,
     TokenizerFrontEnd,
@@ -43,7 +43,13 @@ from backends.tts import (
     hifigan_context_frames,
 )
 from shared.errors import ModelLoadError
-from shared.loading import Loaded, load_pretrained, model_store_root, resolve_model_dir
+from shared.loading import (
+    Loaded,
+    LoadPlan,
+    load_pretrained,
+    model_store_root,
+    resolve_model_dir,
+)
 from shared.logs import quiet_repeated_warnings
 from shared.quantization import Placement, pretrained_kwargs
 
@@ -92,15 +98,10 @@ class SpeechT5Engine(TtsEngine):
         )
 
     @classmethod
-    def load(
-        cls,
-        model_dir: Path,
-        placement: Placement,
-        limits: TextLimits,
-        settings: Mapping[str, Any] | None = None,
-    ) -> SpeechT5Engine:
+    def load(cls, plan: LoadPlan) -> SpeechT5Engine:
         from transformers import AutoTokenizer, SpeechT5ForTextToSpeech, SpeechT5HifiGan
 
+        model_dir, placement = plan.model_dir, plan.placement
         if placement.device == "cpu" and placement.quantization in ("nf4", "fp4"):
             # Checked here, not at the first request: the load would succeed and every
             # synthesis fail.
@@ -111,7 +112,7 @@ class SpeechT5Engine(TtsEngine):
             )
         quiet_repeated_warnings()
         loaded = load_pretrained(SpeechT5ForTextToSpeech, AutoTokenizer, model_dir, placement)
-        vocoder_path = (settings or {}).get("vocoder_path") or str(
+        vocoder_path = plan.settings["vocoder_path"] or str(
             Path(model_dir).resolve() / DEFAULT_VOCODER_DIR
         )
         vocoder_dir = resolve_model_dir(vocoder_path, model_store_root())
@@ -128,7 +129,8 @@ class SpeechT5Engine(TtsEngine):
         except (OSError, ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"loading the vocoder {vocoder_dir} failed: {exc}") from exc
         voices = load_voices(model_dir / VOICES_FILE, loaded.model.config.speaker_embedding_dim)
-        return cls(loaded, vocoder, voices, TokenizerFrontEnd(loaded.processor), limits)
+        front_end = TokenizerFrontEnd(loaded.processor)
+        return cls(loaded, vocoder, voices, front_end, TextLimits.from_settings(plan.settings))
 
     def describe(self) -> str:
         return (
@@ -278,7 +280,7 @@ def load_voices(path: Path, dim: int) -> dict[str, Any]:
     if not path.is_file():
         raise ModelLoadError(
             f"{path} is missing: a SpeechT5 checkpoint needs its voices as speaker embeddings, "
-            f"a safetensors file of one {dim}-value tensor per voice name (README.md)"
+            f"a safetensors file of one {dim}-value tensor per voice name (docs/models/tts.md)"
         )
     try:
         voices = load_file(str(path))

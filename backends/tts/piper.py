@@ -7,9 +7,9 @@ computed for HiFi-GAN's "ResBlock1", two convolutions per dilation, so it bounds
 Piper's one-convolution "ResBlock2" too; tests/test_tts_piper.py checks a row's audio alone and
 inside a batch). Only two steps differ, and they are the overridable ones:
 
-* `load_model`: `backends.piper.load_piper_vits` (VitsModel with "ResBlock2" blocks), with the
+* `load_model`: `backends.tts.piper_model.load_piper_vits` (VitsModel with "ResBlock2" blocks), with the
   placement's `from_pretrained` arguments (dtype, device map, bitsandbytes quantization);
-* `front_end_for`: `backends.piper.PiperFrontend` (espeak-ng IPA, then the voice's phoneme ids),
+* `front_end_for`: `backends.tts.piper_model.PiperFrontend` (espeak-ng IPA, then the voice's phoneme ids),
   tried once at load so that a missing or broken espeak-ng fails the load, not every request.
 
 The voice's inference settings come from its config.json (Piper's `.onnx.json`): VitsModel's
@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backends.piper import PiperFrontend, load_piper_vits
-from backends.tts import FrontEnd
-from backends.tts_vits import VitsEngine
+from backends.tts.engine import FrontEnd
+from backends.tts.piper_model import PiperFrontend, load_piper_vits
+from backends.tts.vits import VitsEngine
 from shared.errors import ModelLoadError
 from shared.loading import Loaded, finish_load
 from shared.logs import quiet_repeated_warnings

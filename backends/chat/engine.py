@@ -1,6 +1,6 @@
 """Vision-language engine: chat messages with images in, text out, every row of a batch at once.
 
-Used by `model_repository/vlm`, `vlm_stream` and `llm` (through `backends.vlm_chat`), but
+Used by `model_repository/vlm`, `vlm_stream` and `llm` (through `backends.chat.service`), but
 plain Python: it never imports Triton, so it runs and is tested in-process.
 
 Any `AutoModelForImageTextToText` checkpoint with an `AutoProcessor` and a chat template
@@ -16,7 +16,7 @@ known, and checked, before the batch forms):
 
 Token sequences are left-padded, so all rows continue from the same position. Decoding is
 transformers' `generate()`, or for Llama text models on a CPU the fused decoder
-(`backends.vlm_decode`, setting `decoder`): the same prompt pass, then leaner steps.
+(`backends.chat.decode`, setting `decoder`): the same prompt pass, then leaner steps.
 """
 
 from __future__ import annotations
@@ -30,13 +30,12 @@ from typing import Any
 
 import torch
 
-from backends.vlm_decode import DecodeState, FusedDecoder, UnsupportedModel
-from backends.vlm_sampling import RowSampler, RowSink, RowTracker, Sampling
+from backends.chat.decode import DecodeState, FusedDecoder, UnsupportedModel
+from backends.chat.sampling import RowSampler, RowSink, RowTracker, Sampling
 from shared.chat import Completion, Message, template_messages
 from shared.errors import ModelLoadError, invalid
-from shared.loading import Loaded, load_pretrained
+from shared.loading import Loaded, LoadPlan, load_pretrained
 from shared.logs import quiet_repeated_warnings
-from shared.quantization import Placement
 
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 #: auto: the fused decoder on a CPU where the model supports it, else generate().
@@ -154,26 +153,21 @@ class VlmEngine:
             return None
 
     @classmethod
-    def load(
-        cls,
-        model_dir: Path,
-        placement: Placement,
-        *,
-        attn_implementation: str = "sdpa",
-        max_new_tokens_limit: int = 1024,
-        decoder: str = "auto",
-    ) -> VlmEngine:
+    def load(cls, plan: LoadPlan) -> VlmEngine:
+        """The checkpoint of `plan` with its settings `attn_implementation`,
+        `max_new_tokens_limit` and `decoder` (`backends.chat.settings`)."""
         from transformers import AutoModelForImageTextToText
 
+        settings = plan.settings
         quiet_repeated_warnings()
         loaded = load_pretrained(
             AutoModelForImageTextToText,
             ImageOnlyProcessors,
-            model_dir,
-            placement,
-            model_kwargs={"attn_implementation": attn_implementation},
+            plan.model_dir,
+            plan.placement,
+            model_kwargs={"attn_implementation": settings["attn_implementation"]},
         )
-        return cls(loaded, max_new_tokens_limit, decoder)
+        return cls(loaded, settings["max_new_tokens_limit"], settings["decoder"])
 
     def describe(self) -> str:
         return (
@@ -224,8 +218,8 @@ class VlmEngine:
     def generate(
         self, rows: Sequence[EngineRow], sinks: Sequence[RowSink | None] | None = None
     ) -> list[Completion]:
-        """Generate for every row at once (per-row options: vlm_sampling), with the fused
-        decoder where it runs (backends.vlm_decode), else one `generate()` call."""
+        """Generate for every row at once (per-row options: `backends.chat.sampling`), with the fused
+        decoder where it runs (backends.chat.decode), else one `generate()` call."""
         sinks = list(sinks) if sinks is not None else [None] * len(rows)
         samplings = [row.sampling for row in rows]
         tracker = RowTracker(self.tokenizer, samplings, sinks, self.eos_token_ids)

@@ -24,13 +24,12 @@ batching here unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from backends.tts import (
+from backends.tts.engine import (
     FrontEnd,
     TextLimits,
     TokenizerFrontEnd,
@@ -38,7 +37,7 @@ from backends.tts import (
     Utterance,
     hifigan_context_frames,
 )
-from shared.loading import Loaded, load_pretrained
+from shared.loading import Loaded, LoadPlan, load_pretrained
 from shared.logs import quiet_repeated_warnings
 from shared.quantization import Placement
 
@@ -87,21 +86,14 @@ class VitsEngine(TtsEngine):
     # --- loading: each step overridable -------------------------------------------------------
 
     @classmethod
-    def load(
-        cls,
-        model_dir: Path,
-        placement: Placement,
-        limits: TextLimits,
-        settings: Mapping[str, Any] | None = None,
-    ) -> VitsEngine:
-        settings = settings or {}
-        loaded = cls.load_model(model_dir, placement)
+    def load(cls, plan: LoadPlan) -> VitsEngine:
+        loaded = cls.load_model(plan.model_dir, plan.placement)
         return cls(
             loaded,
-            cls.front_end_for(model_dir, loaded),
-            limits,
-            noise_scale=settings.get("noise_scale"),
-            noise_scale_duration=settings.get("noise_w"),
+            cls.front_end_for(plan.model_dir, loaded),
+            TextLimits.from_settings(plan.settings),
+            noise_scale=plan.settings["noise_scale"],
+            noise_scale_duration=plan.settings["noise_w"],
         )
 
     @classmethod

@@ -1,0 +1,15 @@
+"""The settings of the speech-to-text models (config.pbtxt parameters or environment)."""
+
+from __future__ import annotations
+
+from shared.params import Param, load_params
+
+
+def stt_params(default_model_path: str) -> list[Param]:
+    """Every setting of an STT model, with the checkpoint it serves by default."""
+    return [
+        *load_params(default_model_path=default_model_path),
+        Param("max_audio_seconds", 1800.0, parse=float, minimum=1.0, doc="longest accepted audio"),
+        Param("max_audio_bytes", 64 << 20, parse=int, minimum=1024, doc="largest accepted file"),
+        Param("max_new_tokens", 440, parse=int, minimum=1, doc="upper bound per 30 s window"),
+    ]

@@ -1,0 +1,99 @@
+"""The two shapes of a served model: unary batched, and decoupled streaming.
+
+Every `model.py` subclasses one of them and declares what differs: its settings (`params`),
+how its engine loads (`load_engine`, one signature for all: a `LoadPlan` in, an engine out),
+and its steps. `initialize` and `execute` are written once, here:
+
+- `initialize`: settings -> engine load -> metrics -> one log line;
+- `execute`: `serving.batch.run_batch` (unary: `parse`, `run`, `respond`) or
+  `serving.streaming.run_stream_batch` (decoupled: `parse`, `run` with one stream per row).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+import triton_python_backend_utils as pb_utils
+
+from serving.batch import run_batch
+from serving.errors import ErrorCounter
+from serving.protocols import Request, Response
+from serving.streaming import Stream, run_stream_batch
+from shared.loading import LoadPlan, plan_load
+from shared.params import Param
+
+
+class Engine(Protocol):
+    def describe(self) -> str:
+        """One line for the load log: architecture, placement, footprint, load time."""
+        ...
+
+
+E = TypeVar("E", bound=Engine)
+Row = TypeVar("Row")
+Result = TypeVar("Result")
+
+
+class ServedModel(ABC, Generic[E]):
+    """What both shapes share: loading and the per-model metrics."""
+
+    #: The model's settings: config.pbtxt parameters, overridden by environment variables.
+    params: ClassVar[Sequence[Param]]
+    #: Loads the engine the resolved settings describe.
+    load_engine: ClassVar[Callable[[LoadPlan], Any]]
+
+    name: str
+    settings: dict[str, Any]
+    engine: E
+    errors: ErrorCounter
+
+    def initialize(self, args: dict[str, str]) -> None:
+        self.name = args["model_name"]
+        plan = plan_load(args, self.params)
+        self.settings = plan.settings
+        self.engine = type(self).load_engine(plan)
+        self.start_metrics()
+        pb_utils.Logger.log_info(
+            f"{self.name}: loaded {self.engine.describe()} from {plan.model_dir}"
+        )
+
+    def start_metrics(self) -> None:
+        """Create the model's metric families; every model counts its errors by code. Called
+        from `initialize`, never at import: pb_utils' C++ half is attached after the import."""
+        self.errors = ErrorCounter(self.name)
+
+
+class UnaryModel(ServedModel[E], Generic[E, Row, Result]):
+    """One response per request; the rows of every request of a batch run as one call."""
+
+    def execute(self, requests: list[Request]) -> list[Response]:
+        return run_batch(requests, self.parse, self.run, self.respond, self.name, self.errors)
+
+    @abstractmethod
+    def parse(self, request: Request) -> list[Row]:
+        """The request's rows, checked; `shared.errors.RequestError` fails only this request."""
+
+    @abstractmethod
+    def run(self, rows: list[Row]) -> list[Result]:
+        """One engine call for the rows of all valid requests, one result per row."""
+
+    @abstractmethod
+    def respond(self, request: Request, results: list[Result]) -> Response:
+        """The response of one request, from its rows' results."""
+
+
+class StreamingModel(ServedModel[E], Generic[E, Row]):
+    """Decoupled: pieces as they are made, then exactly one final flag per request."""
+
+    def execute(self, requests: list[Request]) -> None:
+        run_stream_batch(requests, self.parse, self.run, self.name, self.errors)
+
+    @abstractmethod
+    def parse(self, request: Request) -> list[Row]:
+        """The request's rows, checked; `shared.errors.RequestError` fails only this request."""
+
+    @abstractmethod
+    def run(self, rows: list[Row], streams: list[Stream]) -> None:
+        """One engine call for all rows; each row's pieces go to its request's stream."""

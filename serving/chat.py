@@ -1,0 +1,179 @@
+"""The Triton side of the chat models (`vlm`, `vlm_stream`, `llm`): tensors in and out.
+
+It reads a request into one `ChatRequest` per row, turns completions into output tensors,
+adapts requests and streams to the engine's `RowSink`, keeps the generation metrics, and is the
+whole model of the unary chat models (`UnaryChatModel`), which differ only in their settings.
+
+Inputs with a variable count per row (`images`, `stop`) have dims [-1]: a request of R rows
+carries an [R, N] tensor, so rows of one request carry the same N; an empty element is
+padding and is skipped, which lets rows carry fewer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import triton_python_backend_utils as pb_utils
+
+from backends.chat.service import ChatRow, ChatService
+from serving import tensors
+from serving.adapters import ServedModel, UnaryModel
+from serving.errors import cancelled_response
+from serving.protocols import Request, Response
+from serving.streaming import Stream
+from shared.chat import MAX_STOP_CHARS, ChatRequest, Completion
+
+
+def read_chat_requests(request: Request, settings: Mapping[str, Any]) -> list[ChatRequest]:
+    """One `ChatRequest` per row of `request` (only sizes and encodings are checked here).
+
+    `settings` are the model's: `max_prompt_bytes`, and `max_image_bytes` where it reads images.
+    """
+    max_prompt_bytes = settings["max_prompt_bytes"]
+    max_image_bytes = settings.get("max_image_bytes", 0)
+    rows = tensors.request_rows(request, "prompt")
+    prompts = [
+        tensors.utf8("prompt", raw)
+        for raw in tensors.bytes_column(request, "prompt", rows, max_bytes=max_prompt_bytes) or []
+    ]
+    images = tensors.list_column(request, "images", rows, max_bytes=max_image_bytes)
+    stops = tensors.list_column(request, "stop", rows, max_bytes=4 * MAX_STOP_CHARS)
+
+    def numbers(name: str, cast: type) -> list[Any]:
+        return tensors.number_column(request, name, rows, cast) or [None] * rows
+
+    max_new = numbers("max_new_tokens", int)
+    temperature = numbers("temperature", float)
+    top_p = numbers("top_p", float)
+    top_k = numbers("top_k", int)
+    penalty = numbers("repetition_penalty", float)
+    seed = numbers("seed", int)
+    reset = numbers("reset_session", bool)
+    sessions = tensors.text_column(request, "session_id", rows, max_chars=256) or [None] * rows
+    return [
+        ChatRequest(
+            prompt=prompts[i],
+            images=tuple(images[i]),
+            max_new_tokens=max_new[i],
+            temperature=temperature[i],
+            top_p=top_p[i],
+            top_k=top_k[i],
+            repetition_penalty=penalty[i],
+            seed=seed[i],
+            stop=tuple(tensors.utf8("stop", s) for s in stops[i]),
+            session_id=sessions[i],
+            reset_session=bool(reset[i]),
+        )
+        for i in range(rows)
+    ]
+
+
+def completion_tensors(completions: Sequence[Completion]) -> list[Any]:
+    """The outputs of a request: one row per completion."""
+    return [
+        tensors.bytes_tensor("text", [c.text for c in completions]),
+        tensors.bytes_tensor("finish_reason", [c.finish_reason for c in completions]),
+        tensors.int_tensor("prompt_tokens", [c.prompt_tokens for c in completions]),
+        tensors.int_tensor("completion_tokens", [c.completion_tokens for c in completions]),
+    ]
+
+
+class RequestSink:
+    """A unary request as a row sink: nothing is streamed, but a client that left stops it."""
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+
+    def cancelled(self) -> bool:
+        return bool(self._request.is_cancelled())
+
+    def send(self, piece: str) -> None:
+        """Unary responses carry the whole text at the end."""
+
+
+class StreamSink:
+    """A decoupled request as a row sink: each new piece of text is one response."""
+
+    def __init__(self, stream: Stream) -> None:
+        self._stream = stream
+
+    def cancelled(self) -> bool:
+        return self._stream.cancelled()
+
+    def send(self, piece: str) -> None:
+        self._stream.send([tensors.bytes_tensor("text", [piece])])
+
+
+class GenerationMetrics:
+    """Prometheus counters of what the chat models generate and what clients cancel.
+
+    Tokens generated for a cancelled request are counted too: they are the cost a
+    cancellation did not save, which is what shows that generation stops.
+    """
+
+    TOKENS = "multimodal_generated_tokens_total"
+    CANCELLED = "multimodal_generation_cancelled_total"
+
+    def __init__(self, model_name: str) -> None:
+        self._model = model_name
+        labels = {"model": model_name}
+        # The families must outlive their metrics (Triton deletes a family's series with it).
+        self._families = [
+            pb_utils.MetricFamily(
+                name=self.TOKENS,
+                description="Tokens generated, cancelled requests included",
+                kind=pb_utils.MetricFamily.COUNTER,
+            ),
+            pb_utils.MetricFamily(
+                name=self.CANCELLED,
+                description="Requests whose generation stopped because the client cancelled",
+                kind=pb_utils.MetricFamily.COUNTER,
+            ),
+        ]
+        self._tokens, self._cancelled = (f.Metric(labels=labels) for f in self._families)
+
+    def record(self, completions: Sequence[Completion]) -> None:
+        for completion in completions:
+            if completion.completion_tokens:
+                self._tokens.increment(completion.completion_tokens)
+            if completion.finish_reason == "cancelled":
+                self._cancelled.increment(1)
+                pb_utils.Logger.log_info(
+                    f"{self._model}: the client cancelled; generation stopped after "
+                    f"{completion.completion_tokens} tokens"
+                )
+
+
+class ChatModel(ServedModel[ChatService]):
+    """What the three chat models share: the chat service, and counters of what it generates."""
+
+    metrics: GenerationMetrics
+    load_engine = ChatService.load
+
+    def start_metrics(self) -> None:
+        super().start_metrics()
+        self.metrics = GenerationMetrics(self.name)
+
+    def chat_requests(self, request: Request) -> list[ChatRequest]:
+        return read_chat_requests(request, self.settings)
+
+
+class UnaryChatModel(ChatModel, UnaryModel[ChatService, tuple[ChatRow, RequestSink], Completion]):
+    """The whole model of `vlm` and `llm`, which differ only in their settings (`params`): one
+    batched generation per execute(), each request with its own sampling options; a request
+    whose client left stops generating at the next token and is answered CANCELLED."""
+
+    def parse(self, request: Request) -> list[tuple[ChatRow, RequestSink]]:
+        sink = RequestSink(request)
+        return [(self.engine.prepare(chat), sink) for chat in self.chat_requests(request)]
+
+    def run(self, rows: list[tuple[ChatRow, RequestSink]]) -> list[Completion]:
+        completions = self.engine.run([row for row, _ in rows], [sink for _, sink in rows])
+        self.metrics.record(completions)
+        return completions
+
+    def respond(self, request: Request, completions: list[Completion]) -> Response:
+        if any(c.finish_reason == "cancelled" for c in completions):
+            return cancelled_response()
+        return tensors.response(*completion_tensors(completions))
