@@ -1,8 +1,11 @@
 """The load-test suite without a server: input data from every model's config, validation,
-what perf_analyzer prints and writes, the statistics, the repository variants."""
+what perf_analyzer prints and writes, the statistics, the repository variants, and the shape
+of the package itself (no import cycles; the files other interpreters run import nothing of
+the project)."""
 
 from __future__ import annotations
 
+import ast
 import base64
 import io
 import json
@@ -15,11 +18,11 @@ import soundfile as sf
 from google.protobuf import text_format
 from tritonclient.grpc.model_config_pb2 import ModelConfig
 
-from scripts.loadtest_lib import content, inputs, local, perf, stats
-from scripts.loadtest_lib.content import ContentOptions, Sample
 from tests.harness import config as harness_config
 from tests.harness import validation
 from tests.speech import espeak_available
+from tools.loadtest import content, inputs, local, perf, stats
+from tools.loadtest.content import ContentOptions, Sample
 
 ROOT = Path(__file__).resolve().parents[1]
 REPOSITORY = ROOT / "model_repository"
@@ -348,7 +351,7 @@ def test_openai_chat_target_sends_greedy_chat_and_counts_tokens() -> None:
 
     from aiohttp import web
 
-    from scripts.loadtest_lib import loadgen
+    from tools.loadtest import loadgen
 
     bodies: list[dict] = []
 
@@ -398,7 +401,7 @@ def test_openai_chat_target_sends_greedy_chat_and_counts_tokens() -> None:
 
 
 def test_peer_ratios_compare_the_top_and_the_lowest_level() -> None:
-    from scripts.loadtest_lib import peers
+    from tools.loadtest import peers
 
     def level(concurrency: int, throughput: float, tokens: float, ms: float, answers: dict):
         return {
@@ -424,7 +427,7 @@ def test_llama_server_is_started_with_slots_threads_and_the_ggufs_template(
 ) -> None:
     import argparse
 
-    from scripts.loadtest_lib import peers
+    from tools.loadtest import peers
 
     args = argparse.Namespace(
         llama_server=tmp_path / "llama-server", gguf=tmp_path / "m.gguf",
@@ -437,7 +440,7 @@ def test_llama_server_is_started_with_slots_threads_and_the_ggufs_template(
 
 
 def test_setup_ratios_report_identical_answers_and_word_error_rate() -> None:
-    from scripts.loadtest_lib import benchmarks
+    from tools.loadtest import setups
 
     samples = [
         Sample({"audio": b""}, "2.0 s, en-us at 160 wpm: open the door"),
@@ -447,7 +450,7 @@ def test_setup_ratios_report_identical_answers_and_word_error_rate() -> None:
     def run(throughput: float, answers: dict) -> dict:
         return {"batches": {"8": {"throughput": throughput, "answers": answers}}}
 
-    ratios = benchmarks.setup_ratios(
+    ratios = setups.setup_ratios(
         {
             "none float32": run(2.0, {"0": "Open the door.", "1": "Thank you."}),
             "nf4 bfloat16": run(3.0, {"0": "Open the door.", "1": "Thank you, too."}),
@@ -468,7 +471,7 @@ def test_setup_ratios_report_identical_answers_and_word_error_rate() -> None:
 def test_setups_are_quantization_dtype_pairs_with_optional_settings() -> None:
     import argparse
 
-    from scripts.loadtest_lib.benchmarks import Setup, parse_setups
+    from tools.loadtest.setups import Setup, parse_setups
 
     assert parse_setups("none:float32,int4:bfloat16:num_threads=1") == [
         Setup("none", "float32"),
@@ -491,14 +494,14 @@ def test_setups_are_quantization_dtype_pairs_with_optional_settings() -> None:
 
 
 def test_quantization_series_are_named_by_dtype_only_when_dtypes_are_compared() -> None:
-    from scripts.loadtest_lib import benchmarks
+    from tools.loadtest import benchmarks
 
     assert benchmarks._series_name("nf4", "auto", ["auto"]) == "nf4"
     assert benchmarks._series_name("nf4", "bfloat16", ["float32", "bfloat16"]) == "nf4 bfloat16"
 
 
 def test_setup_ratios_for_prompts_compare_answers_without_a_word_error_rate() -> None:
-    from scripts.loadtest_lib import benchmarks
+    from tools.loadtest import setups
 
     samples = [Sample({"prompt": "Who wrote Hamlet?"}, "Who wrote Hamlet?")]
 
@@ -507,7 +510,7 @@ def test_setup_ratios_for_prompts_compare_answers_without_a_word_error_rate() ->
             "batches": {"1": {"throughput": 1.0, "tokens_per_s": 9.0, "answers": {"0": answer}}}
         }
 
-    ratios = benchmarks.setup_ratios(
+    ratios = setups.setup_ratios(
         {"none float32": run("Shakespeare."), "none bfloat16": run("Shakespeare.")}, samples
     )
     assert ratios["none bfloat16 batch 1: answers identical to none float32 (share)"] == 1.0
@@ -532,8 +535,8 @@ def test_load_facts_read_every_models_load_line(tmp_path: Path) -> None:
 
 def test_setups_default_to_parsed_setups() -> None:
     """Without --setups, numerics and peers get Setup values like any given list."""
-    from scripts.loadtest_lib.benchmarks import Setup
-    from scripts.loadtest_lib.cli import parse_args
+    from tools.loadtest.cli import parse_args
+    from tools.loadtest.setups import Setup
 
     numerics = parse_args(["numerics", "-m", "llm"])
     assert numerics.setups == [
@@ -543,3 +546,101 @@ def test_setups_default_to_parsed_setups() -> None:
     ]
     peers = parse_args(["peers", "-m", "llm", "--llama-server", "x", "--gguf", "y"])
     assert peers.setups == [Setup("none", "auto")]
+
+
+def package_imports(root: Path, package: str) -> dict[str, set[str]]:
+    """Each module of the package under `root` (dotted name) -> the package's modules that
+    importing it runs: its imports at the top and inside functions alike, each with the
+    packages above it (importing a.b.c runs a/__init__ and a/b/__init__ first)."""
+    modules = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = [package, *path.relative_to(root).with_suffix("").parts]
+        is_package = parts[-1] == "__init__"
+        modules[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
+    graph: dict[str, set[str]] = {}
+    for name, (path, is_package) in modules.items():
+        anchor = name.split(".") if is_package else name.split(".")[:-1]
+        targets = []
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                origin = node.module or ""
+                if node.level:
+                    base = anchor[: len(anchor) - node.level + 1]
+                    origin = ".".join([*base, *([node.module] if node.module else [])])
+                targets += [origin, *(f"{origin}.{alias.name}" for alias in node.names)]
+        graph[name] = {
+            ".".join(target.split(".")[:i])
+            for target in targets
+            for i in range(1, target.count(".") + 2)
+        } & (modules.keys() - {name})
+    return graph
+
+
+def import_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of the graph as the modules along it (the first one again at the end)."""
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> list[str] | None:
+        if name in path:
+            return [*path[path.index(name) :], name]
+        if name in done:
+            return None
+        for target in sorted(graph[name]):
+            found = visit(target, [*path, name])
+            if found:
+                return found
+        done.add(name)
+        return None
+
+    return next(filter(None, (visit(name, []) for name in sorted(graph))), None)
+
+
+def test_import_cycles_are_found(tmp_path: Path) -> None:
+    """The check below can fail: a lazy import inside a function closes a cycle too, and so
+    does a package whose __init__ imports a module that imports the package."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "__init__.py").write_text("")
+    (tmp_path / "a.py").write_text("from .sub import b\n")
+    (tmp_path / "sub" / "__init__.py").write_text("")
+    (tmp_path / "sub" / "b.py").write_text("def f():\n    from ..c import x\n")
+    (tmp_path / "c.py").write_text("import pkg.a\n")
+    assert import_cycle(package_imports(tmp_path, "pkg")) == [
+        "pkg.a", "pkg.sub.b", "pkg.c", "pkg.a",
+    ]  # fmt: skip
+    (tmp_path / "c.py").write_text("import os\n")
+    assert import_cycle(package_imports(tmp_path, "pkg")) is None
+    (tmp_path / "__init__.py").write_text("from .a import b\n")
+    assert import_cycle(package_imports(tmp_path, "pkg")) == [
+        "pkg", "pkg.a", "pkg",
+    ]  # fmt: skip
+
+
+def test_the_suite_has_no_import_cycle() -> None:
+    """cli is the top: it imports every command's module, and no module imports it back."""
+    graph = package_imports(ROOT / "tools" / "loadtest", "tools.loadtest")
+    assert graph["tools.loadtest.cli"] >= {
+        "tools.loadtest.run",
+        "tools.loadtest.benchmarks",
+        "tools.loadtest.peers",
+        "tools.loadtest.stt.cli",
+    }
+    assert import_cycle(graph) is None
+    importers = {name for name, targets in graph.items() if "tools.loadtest.cli" in targets}
+    assert importers == {"tools.loadtest.__main__"}
+
+
+@pytest.mark.parametrize("path", ["baseline_server.py", "stt/peer_worker.py", "stt/plot_worker.py"])
+def test_files_run_by_other_interpreters_import_nothing_of_the_project(path: str) -> None:
+    """Other interpreters run these by path (the peer's throwaway venv, a baseline Python):
+    they can import neither the suite nor the project."""
+    tree = ast.parse((ROOT / "tools" / "loadtest" / path).read_text(encoding="utf-8"))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path}: a relative import"
+            imported.add((node.module or "").split(".")[0])
+    assert not imported & {"tools", "tests", "shared", "backends", "serving", "scripts"}

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from scripts.loadtest_lib import benchmarks, inprocess, loadgen
-from scripts.loadtest_lib.content import ContentOptions, Sample, generator_for
-from scripts.loadtest_lib.inputs import read_config, write_data
-from scripts.loadtest_lib.perf import PerfSettings, sweep
-from scripts.loadtest_lib.server import Endpoint, connect, statistics
 from tests.conftest import start_server
 from tests.speech import espeak_available, word_error_rate
+from tools.loadtest import baseline, inprocess, loadgen
+from tools.loadtest.content import ContentOptions, Sample, generator_for
+from tools.loadtest.inputs import read_config, write_data
+from tools.loadtest.perf import PerfSettings, sweep
+from tools.loadtest.server import Endpoint, connect, statistics
 from tools.local_server import LocalTritonServer, free_port
 
 pytestmark = [
@@ -197,10 +197,10 @@ def test_baseline_server_and_the_load_generator(
     config = read_config(ROOT / "model_repository" / "stt")
     samples = generator_for(config).make(config, ContentOptions(samples=2))
     env = {"MODEL_STORE": str(model_store), "STT_MODEL_PATH": "whisper-tiny.en"}
-    checkpoint = benchmarks.served_model_dir(ROOT / "model_repository" / "stt", env)
+    checkpoint = baseline.served_model_dir(ROOT / "model_repository" / "stt", env)
     assert checkpoint == model_store.resolve() / "whisper-tiny.en"
     log = tmp_path / "baseline.log"
-    with benchmarks.baseline_server(sys.executable, "stt", checkpoint, env, log) as url:
+    with baseline.baseline_server(sys.executable, "stt", checkpoint, env, log) as url:
         body = json.dumps(loadgen.json_body(samples[0])).encode()
         request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=300) as response:

@@ -1,8 +1,4 @@
-"""What every figure depends on: the machine, its load, and how much CPU others took meanwhile.
-
-Standard library at the top (psutil where used): scripts/bench_stt.py's workers import this
-from interpreters that have little else.
-"""
+"""What every figure depends on: the machine, its load, and how much CPU others took meanwhile."""
 
 from __future__ import annotations
 

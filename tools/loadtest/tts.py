@@ -1,7 +1,7 @@
 """Text-to-speech benchmark: real-time factor in-process and served, and time to first audio.
 
-    .venv/bin/python scripts/bench_tts.py [--model-path mms-tts-eng-random] [--out DIR]
-    .venv/bin/python scripts/bench_tts.py --smoke      # a one-minute check that it all runs
+    scripts/loadtest bench-tts [--model-path mms-tts-eng-random] [--out DIR]
+    scripts/loadtest bench-tts --smoke      # a one-minute check that it all runs
 
 The real-time factor (RTF) here is seconds of audio produced per second of wall time (higher
 is better; 1 keeps up with playback). Three phases, one machine, the same sentences:
@@ -29,18 +29,16 @@ import queue
 import re
 import shutil
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from scripts.loadtest_lib.machine import load_average, machine  # noqa: E402
-from scripts.loadtest_lib.stats import percentile  # noqa: E402
+from .machine import load_average, machine
+from .options import ROOT, int_list, str_list
+from .results import progress
+from .stats import percentile
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -55,13 +53,9 @@ SENTENCES = [
 PARAGRAPH = " ".join(SENTENCES[:6])
 
 
-def progress(message: str) -> None:
-    print(f"[bench_tts] {message}", file=sys.stderr, flush=True)
-
-
 def in_process(model_dir: Path, batch_sizes: list[int], repeats: int) -> list[dict[str, Any]]:
     """RTF of one forward pass over `batch` sentences, best of `repeats` (after a warm-up)."""
-    from backends.tts import TextLimits, Utterance, load_engine
+    from backends.tts.engine import TextLimits, Utterance, load_engine
     from shared.quantization import Placement
 
     engine = load_engine(model_dir, Placement("cpu", "float32", "none"), TextLimits(), {})
@@ -279,21 +273,14 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def int_list(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x]
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-path", default="mms-tts-eng-random")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "tts")
     parser.add_argument("--batch-sizes", type=int_list, default=[1, 2, 4, 8, 16])
     parser.add_argument("--concurrency", type=int_list, default=[1, 2, 4, 8, 16])
     parser.add_argument(
         "--layouts",
-        type=lambda s: s.split(","),
+        type=str_list,
         default=["2x1:8:0", "1x2:8:0", "1x2:8:20000", "2x1:1:0"],
         help="served layouts, INSTANCESxTHREADS:MAX_BATCH:QUEUE_DELAY_US, comma-separated",
     )
@@ -303,13 +290,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--smoke", action="store_true", help="tiny model, one layout, small sizes (~1 minute)"
     )
-    args = parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace, argv: list[str]) -> int:
+    """In-process, then each served layout; results.json and results.md into --out."""
     if args.smoke:
         args.model_path, args.batch_sizes, args.concurrency = "vits-tiny-random", [1, 2], [1, 2]
         args.layouts, args.min_requests, args.repeats = ["2x1:8:0"], 2, 1
     model_store = Path(os.environ.get("MODEL_STORE") or ROOT / "model_store").resolve()
     results: dict[str, Any] = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": " ".join(["scripts/loadtest", *argv]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model_path": args.model_path,
         "machine": machine(),
@@ -330,7 +320,3 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "results.md").write_text(markdown(results), encoding="utf-8")
     progress(f"wrote {args.out / 'results.md'}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

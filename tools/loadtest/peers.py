@@ -10,7 +10,7 @@ time per output token a client sees; and how many greedy answers were the same t
 weights are the same values, the arithmetic is not: llama.cpp multiplies 4-bit weights with
 8-bit activations, transformers dequantized float weights).
 
-Build the peer with `scripts/build_peers.py` (never in CI).
+Build the peer with `scripts/loadtest build-peers` (never in CI).
 """
 
 from __future__ import annotations
@@ -21,19 +21,13 @@ from typing import Any
 
 from tools.local_server import free_port
 
-from . import cli, loadgen
-from .benchmarks import (
-    _at,
-    _generator_levels,
-    _models,
-    _run,
-    _server_env,
-    http_process,
-    parse_setups,
-    triton_generator_levels,
-)
+from . import loadgen
+from .compare import generator_levels, http_process, triton_generator_levels
 from .inputs import is_decoupled, read_config
 from .local import repository_copy
+from .options import content_options, models, server_env
+from .results import collecting, level_at, prepare_model, progress
+from .setups import parse_setups
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,14 +78,14 @@ def llama_server_command(args: argparse.Namespace, port: int) -> list[str]:
 def cmd_peers(args: argparse.Namespace, argv: list[str]) -> int:
     """Each text model on Triton (once per quantization:dtype setup), then llama-server on the
     GGUF, same prompts and load."""
-    env = _server_env(args)
+    env = server_env(args)
     args.images_per_prompt = 0  # text prompts: the peer has no vision tower
-    with _run(args, argv, "Triton vs. llama-server, same weights") as (results, work):
-        for model in _models(args):
+    with collecting(args, argv, "Triton vs. llama-server, same weights") as (results, work):
+        for model in models(args):
             config = read_config(args.repository / model)
             if is_decoupled(config):
                 raise ValueError(f"{model} is decoupled; compare its unary sibling")
-            entry, _, samples = cli.prepare_model(config, cli.content_options(args), work)
+            entry, _, samples = prepare_model(config, content_options(args), work)
             if "prompt" not in samples[0].inputs:
                 raise ValueError(f"{model} takes no prompts: llama-server is a text peer")
             results["models"][model] = entry
@@ -99,17 +93,17 @@ def cmd_peers(args: argparse.Namespace, argv: list[str]) -> int:
             ours = []
             for setup in args.setups:
                 name = f"triton ({args.triton_protocol}, {setup.name})"
-                server_env = {**env, **setup.env(model)}
+                setup_env = {**env, **setup.env(model)}
                 log = work / f"{model}-{setup.name.replace(' ', '-')}-triton.log"
                 entry["series"][name] = {
                     "levels": triton_generator_levels(
-                        args, repo, model, server_env, samples, log, f"triton ({setup.name})"
+                        args, repo, model, setup_env, samples, log, f"triton ({setup.name})"
                     )
                 }
                 ours.append((setup.name, name))
             theirs = f"llama-server ({args.slots} slots, {args.threads} threads)"
             port = free_port()
-            cli.progress(f"{model}: starting llama-server on {args.gguf.name}")
+            progress(f"{model}: starting llama-server on {args.gguf.name}")
             with http_process(
                 llama_server_command(args, port),
                 f"http://127.0.0.1:{port}/health",
@@ -119,7 +113,7 @@ def cmd_peers(args: argparse.Namespace, argv: list[str]) -> int:
             ):
                 chat_url = f"http://127.0.0.1:{port}/v1/chat/completions"
                 entry["series"][theirs] = {
-                    "levels": _generator_levels(
+                    "levels": generator_levels(
                         args,
                         lambda c, url=chat_url, samples=samples: loadgen.OpenAiChatTarget(
                             url, samples, c, args.max_new_tokens
@@ -140,7 +134,7 @@ def ratios(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
     levels = [level["concurrency"] for level in ours["levels"]]
     top, low = max(levels), min(levels)
-    a, b = _at(ours["levels"], top), _at(theirs["levels"], top)
+    a, b = level_at(ours["levels"], top), level_at(theirs["levels"], top)
     if a and b:
         out[f"requests/s Triton / llama-server at concurrency {top}"] = (
             a["throughput"] / b["throughput"]
@@ -150,7 +144,7 @@ def ratios(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, float]:
                 a["tokens_per_s"] / b["tokens_per_s"]
             )
         out[f"p99 latency Triton / llama-server at concurrency {top}"] = a["p99_ms"] / b["p99_ms"]
-    a, b = _at(ours["levels"], low), _at(theirs["levels"], low)
+    a, b = level_at(ours["levels"], low), level_at(theirs["levels"], low)
     if a and b and "ms_per_output_token" in a and "ms_per_output_token" in b:
         out[f"time per output token Triton / llama-server at concurrency {low}"] = (
             a["ms_per_output_token"] / b["ms_per_output_token"]

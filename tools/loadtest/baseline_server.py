@@ -3,9 +3,11 @@
 Written for the benchmark (`scripts/loadtest baseline`), as a typical hand-rolled model server
 looks: the checkpoint loaded once with transformers, one POST endpoint, every request run on
 its own (a lock: one model call at a time, no batching), float32 weights. The same local
-checkpoint directory the Triton model loads (safetensors only, no remote code).
+checkpoint directory the Triton model loads (safetensors only, no remote code). Run by path,
+by any Python with fastapi, uvicorn and transformers (--baseline-python): it imports nothing of
+the project.
 
-    .venv/bin/python docs/benchmarks/baseline/server.py --task stt \
+    .venv/bin/python tools/loadtest/baseline_server.py --task stt \
         --model-dir model_store/whisper-tiny.en --port 8100
     POST /v1/infer  JSON with the Triton model's input names, bytes as base64:
         stt: {"audio": b64}                      -> {"text": ...}
