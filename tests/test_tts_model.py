@@ -13,7 +13,6 @@ import pytest
 import soundfile as sf
 import torch
 
-from shared.errors import ModelLoadError
 from tests.harness.runner import ModelHarness, Result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -305,21 +304,3 @@ def test_quantized_int8_serves(model_store: Path) -> None:
     for loaded in harness(TTS, model_store, quantization="int8"):
         assert any("quantization=int8" in m for _, m in loaded.logs)
         assert samples(loaded.infer(inputs("Quantized.", seed=1)))[0].shape[0] > 0
-
-
-@pytest.mark.parametrize(
-    ("env", "expected"),
-    [
-        ({"TTS_MAX_SENTENCE_CHARS": "5"}, "environment variable TTS_MAX_SENTENCE_CHARS"),
-        ({"TTS_MODEL_PATH": "whisper-tiny-random"}, "'whisper' checkpoint; the TTS models serve"),
-        ({"TTS_MODEL_PATH": "../../etc"}, "outside the model store"),
-    ],
-)
-def test_bad_settings_fail_the_load_naming_them(
-    model_store: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
-) -> None:
-    monkeypatch.setenv("MODEL_STORE", str(model_store))
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    with pytest.raises(ModelLoadError, match=expected):
-        ModelHarness(TTS).load()

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.errors import ModelLoadError
 from shared.image import encode_image
 from tests.harness.runner import ModelHarness, ServerRejected
 
@@ -311,23 +310,3 @@ def test_environment_overrides_config_with_the_model_prefix_first(
         assert any(architecture in m for _, m in harness.logs)
         settings = harness.model.engine.settings
         assert (settings["temperature"], settings["max_history"]) == (0.5, 7)
-
-
-@pytest.mark.parametrize(
-    ("env", "expected"),
-    [
-        ({"QUANTIZATION_TYPE": "int3"}, "environment variable QUANTIZATION_TYPE"),
-        ({"ATTENTION_IMPL": "magic"}, "environment variable ATTENTION_IMPL"),
-        ({"TOP_P": "0"}, "'top_p' from environment variable TOP_P"),
-        ({"VLM_MAX_NEW_TOKENS": "2000"}, "setting 'max_new_tokens' is 2000, over the limit"),
-        ({"MODEL_PATH": "../../etc"}, "outside the model store"),
-    ],
-)
-def test_bad_settings_fail_the_load_naming_them(
-    model_store: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
-) -> None:
-    monkeypatch.setenv("MODEL_STORE", str(model_store))
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    with pytest.raises(ModelLoadError, match=expected):
-        ModelHarness(REPO / "vlm", parameters={"model_path": "smolvlm-tiny-random"}).load()
