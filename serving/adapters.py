@@ -12,7 +12,7 @@ and its steps. `initialize` and `execute` are written once, here:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import triton_python_backend_utils as pb_utils
@@ -41,8 +41,6 @@ class ServedModel(ABC, Generic[E]):
 
     #: The model's settings: config.pbtxt parameters, overridden by environment variables.
     params: ClassVar[Sequence[Param]]
-    #: Loads the engine the resolved settings describe.
-    load_engine: ClassVar[Callable[[LoadPlan], Any]]
 
     name: str
     settings: dict[str, Any]
@@ -53,11 +51,17 @@ class ServedModel(ABC, Generic[E]):
         self.name = args["model_name"]
         plan = plan_load(args, self.params)
         self.settings = plan.settings
-        self.engine = type(self).load_engine(plan)
+        self.engine = self.load_engine(plan)
         self.start_metrics()
         pb_utils.Logger.log_info(
             f"{self.name}: loaded {self.engine.describe()} from {plan.model_dir}"
         )
+
+    @staticmethod
+    @abstractmethod
+    def load_engine(plan: LoadPlan) -> E:
+        """The engine the resolved settings describe; every engine loads this one way
+        (`WhisperEngine.load`, `ChatService.load`, `backends.tts.engine.load_engine`)."""
 
     def start_metrics(self) -> None:
         """Create the model's metric families; every model counts its errors by code. Called

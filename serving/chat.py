@@ -50,7 +50,9 @@ def read_chat_requests(request: Request, settings: Mapping[str, Any]) -> list[Ch
     penalty = numbers("repetition_penalty", float)
     seed = numbers("seed", int)
     reset = numbers("reset_session", bool)
-    sessions = tensors.text_column(request, "session_id", rows, max_chars=256) or [None] * rows
+    sessions: Sequence[str | None] = (
+        tensors.text_column(request, "session_id", rows, max_chars=256) or [None] * rows
+    )
     return [
         ChatRequest(
             prompt=prompts[i],
@@ -149,7 +151,7 @@ class ChatModel(ServedModel[ChatService]):
     """What the three chat models share: the chat service, and counters of what it generates."""
 
     metrics: GenerationMetrics
-    load_engine = ChatService.load
+    load_engine = staticmethod(ChatService.load)
 
     def start_metrics(self) -> None:
         super().start_metrics()

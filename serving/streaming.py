@@ -115,8 +115,8 @@ def run_stream_batch(
                 stream.fail(error)
         except Exception as exc:
             log_exception(model_name, "running the model", exc)
-            error = internal_error(model_name, "running the model", exc)
+            internal = internal_error(model_name, "running the model", exc)
             for stream in streams:
-                stream.fail(error)
+                stream.fail(internal)
     for stream in streams:
         stream.finish()

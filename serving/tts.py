@@ -41,10 +41,14 @@ def parse(
         raise invalid(f"input 'text' has {rows} rows; this model takes at most {max_rows}")
     text = tensors.text_column(request, "text", rows, max_chars=settings["max_text_chars"])
     assert text is not None  # request_rows found it
-    voice = tensors.text_column(request, "voice", rows, max_chars=256) or [None] * rows
+    voice: Sequence[str | None] = (
+        tensors.text_column(request, "voice", rows, max_chars=256) or [None] * rows
+    )
     rate = tensors.number_column(request, "speaking_rate", rows, float) or [None] * rows
     seed = tensors.number_column(request, "seed", rows, int) or [None] * rows
-    fmt = tensors.text_column(request, "format", rows, max_chars=32) or [None] * rows
+    fmt: Sequence[str | None] = (
+        tensors.text_column(request, "format", rows, max_chars=32) or [None] * rows
+    )
     sample_rate = tensors.number_column(request, "sample_rate", rows, int) or [None] * rows
     return [
         SpeechRow(

@@ -33,6 +33,9 @@ _OUT_MULTIPLE = 16  # the packing kernel's requirement on out_features
 class Int4Linear(nn.Module):
     """A `nn.Linear` whose weight is stored packed as int4 with a scale and zero per group."""
 
+    packed: torch.Tensor
+    scales_and_zeros: torch.Tensor
+
     def __init__(self, linear: nn.Linear, dtype: torch.dtype) -> None:
         super().__init__()
         self.in_features = linear.in_features

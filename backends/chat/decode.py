@@ -73,12 +73,13 @@ def _fuse(modules: Sequence[nn.Module]) -> Projection:
     if all(type(m) is nn.Linear for m in modules):
         weight = _joined(modules, "weight", dim=0)
         return lambda x: F.linear(x, weight)
-    if all(type(m) is Int4Linear and m.bias is None for m in modules):
+    int4 = [m for m in modules if isinstance(m, Int4Linear)]
+    if len(int4) == len(modules) and all(m.bias is None for m in int4):
         packed = _joined(modules, "packed", dim=0)
         scales = (
-            torch.cat([m.scales_and_zeros for m in modules], dim=1).contiguous()
-            if len(modules) > 1
-            else modules[0].scales_and_zeros
+            torch.cat([m.scales_and_zeros for m in int4], dim=1).contiguous()
+            if len(int4) > 1
+            else int4[0].scales_and_zeros
         )
         return lambda x: int4_matmul(x, packed, scales)
     if len(modules) == 1:
@@ -104,7 +105,7 @@ def _joined(modules: Sequence[nn.Module], name: str, dim: int) -> torch.Tensor:
     return fused
 
 
-def _rms_norm(norm: nn.Module) -> Projection:
+def _rms_norm(norm: Any) -> Projection:
     """transformers' LlamaRMSNorm (normalised in float32, then scaled in the model's dtype)
     with the normalisation as one fused call: bit for bit the same result."""
     weight, eps = norm.weight, float(norm.variance_epsilon)
@@ -117,7 +118,7 @@ def _rms_norm(norm: nn.Module) -> Projection:
 class _Layer:
     """One decoder layer's weights, with its projections fused."""
 
-    def __init__(self, layer: nn.Module) -> None:
+    def __init__(self, layer: Any) -> None:  # a LlamaDecoderLayer
         attention, mlp = layer.self_attn, layer.mlp
         self.input_norm = _rms_norm(layer.input_layernorm)
         self.post_norm = _rms_norm(layer.post_attention_layernorm)
@@ -207,11 +208,11 @@ class FusedDecoder:
         """Feed one token per row; the next-token logits (rows, vocabulary) in float32."""
         if not (self.half and tokens.shape[0] == 1 and torch.backends.mkldnn.enabled):
             return self._step(tokens, state)
-        torch.backends.mkldnn.enabled = False
+        torch.backends.mkldnn.enabled = False  # type: ignore[assignment]  # a settable flag
         try:
             return self._step(tokens, state)
         finally:
-            torch.backends.mkldnn.enabled = True
+            torch.backends.mkldnn.enabled = True  # type: ignore[assignment]
 
     def _step(self, tokens: torch.Tensor, state: DecodeState) -> torch.Tensor:
         rows = tokens.shape[0]

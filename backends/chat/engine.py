@@ -87,7 +87,7 @@ class ImageOnlyProcessors:
         ):
             return AutoProcessor.from_pretrained(model_dir, **kwargs)
         attributes = [a for a in cls.get_attributes() if a != "video_processor"]
-        image_only = type(
+        image_only: Any = type(
             cls.__name__, (cls,), {"get_attributes": classmethod(lambda _: attributes)}
         )
         return image_only.from_pretrained(model_dir, **kwargs)

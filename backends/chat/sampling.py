@@ -82,7 +82,7 @@ class RowSampler(LogitsProcessor):
     def needed(self) -> bool:
         return any(not s.greedy or s.repetition_penalty != 1.0 for s in self.samplings)
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.Tensor:
         return self.apply(input_ids, scores, range(len(self.samplings)))
 
     def apply(
@@ -247,7 +247,7 @@ class RowTracker(StoppingCriteria):
         self.rows = [_Row(tokenizer, s, sink) for s, sink in zip(samplings, sinks, strict=True)]
         self.eos = frozenset(eos_token_ids)
 
-    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.Tensor:
         done = self.advance(range(len(self.rows)), input_ids[:, -1].tolist())
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 

@@ -101,7 +101,7 @@ class PiperVitsModel(VitsModel):
     missing; `load_piper_vits` refuses any other missing one.
     """
 
-    _keys_to_ignore_on_load_missing: ClassVar[list[str]] = list(TRAINING_ONLY)
+    _keys_to_ignore_on_load_missing: ClassVar[list[str]] = list(TRAINING_ONLY)  # type: ignore[misc]
 
     def __init__(self, config: VitsConfig) -> None:
         super().__init__(config)
@@ -169,7 +169,8 @@ def load_piper_vits(model_dir: str | os.PathLike, **from_pretrained_kwargs: Any)
         "output_loading_info": True,
     }
     try:
-        model, info = PiperVitsModel.from_pretrained(model_dir, **kwargs)
+        loaded: Any = PiperVitsModel.from_pretrained(model_dir, **kwargs)
+        model, info = loaded
     except (OSError, ValueError, ImportError, RuntimeError) as exc:
         raise ModelLoadError(f"loading {model_dir} failed: {type(exc).__name__}: {exc}") from exc
     problems = {

@@ -192,7 +192,7 @@ class VitsEngine(TtsEngine):
         frames = torch.clamp_min(torch.sum(duration, [1, 2]), 1).long()
 
         # Expand the prior over the predicted frames, exactly as VitsModel.forward does.
-        indices = torch.arange(frames.max(), dtype=frames.dtype, device=device)
+        indices = torch.arange(int(frames.max()), dtype=frames.dtype, device=device)
         output_mask = (indices.unsqueeze(0) < frames.unsqueeze(1)).unsqueeze(1).to(dtype)
         attn_mask = torch.unsqueeze(padding_mask, 2) * torch.unsqueeze(output_mask, -1)
         _, _, output_length, input_length = attn_mask.shape

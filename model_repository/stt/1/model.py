@@ -18,7 +18,7 @@ class TritonPythonModel(UnaryModel[WhisperEngine, SttRow, Transcription]):
     """Whisper served with dynamic batching: one generate() call per group of equal options."""
 
     params = stt_params("whisper-tiny.en")
-    load_engine = WhisperEngine.load
+    load_engine = staticmethod(WhisperEngine.load)
 
     def parse(self, request: Request) -> list[SttRow]:
         rows = tensors.request_rows(request, "audio")
