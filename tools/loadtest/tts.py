@@ -55,10 +55,13 @@ PARAGRAPH = " ".join(SENTENCES[:6])
 
 def in_process(model_dir: Path, batch_sizes: list[int], repeats: int) -> list[dict[str, Any]]:
     """RTF of one forward pass over `batch` sentences, best of `repeats` (after a warm-up)."""
-    from backends.tts.engine import TextLimits, Utterance, load_engine
+    from backends.tts.engine import Utterance, load_engine
+    from backends.tts.settings import tts_params
+    from shared.loading import LoadPlan
     from shared.quantization import Placement
 
-    engine = load_engine(model_dir, Placement("cpu", "float32", "none"), TextLimits(), {})
+    placement = Placement("cpu", "float32", "none")
+    engine = load_engine(LoadPlan.in_process(model_dir, placement, tts_params(model_dir.name)))
     rows = []
     for batch in batch_sizes:
         texts = [SENTENCES[i % len(SENTENCES)] for i in range(batch)]

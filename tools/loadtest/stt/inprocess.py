@@ -89,10 +89,15 @@ def in_process(
     import torch
 
     from backends.stt.engine import SttRow, WhisperEngine
+    from backends.stt.settings import stt_params
     from shared.audio import decode_audio
+    from shared.loading import LoadPlan
     from shared.quantization import resolve_placement
 
-    engine = WhisperEngine.load(model_dir, resolve_placement("none", dtype, "cpu"))
+    placement = resolve_placement("none", dtype, "cpu")
+    engine = WhisperEngine.load(
+        LoadPlan.in_process(model_dir, placement, stt_params(model_dir.name))
+    )
     decode_ms = []
     rows = []
     for clip in clips:
