@@ -99,8 +99,9 @@ def wheel_members(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    for name in ("shared", "backends"):
+    for name in ("shared", "backends", "serving", "tools/model_store"):
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "tools" / "__init__.py", source / "tools" / "__init__.py")
     subprocess.run(
         [
             sys.executable,
@@ -123,10 +124,12 @@ def wheel_members(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
 
 
 def test_wheel_holds_every_library_module(wheel_members: set[str]) -> None:
-    for package in ("shared", "backends"):
+    for package in ("shared", "backends", "serving", "tools/model_store"):
         for module in (ROOT / package).rglob("*.py"):
             assert module.relative_to(ROOT).as_posix() in wheel_members
     assert not any(m.startswith("tests/") for m in wheel_members)
+    # Of the tooling, the image carries only the model-store builder.
+    assert not any(m.startswith(("tools/loadtest/", "tools/local_server")) for m in wheel_members)
 
 
 def test_model_files_import_only_what_the_image_has(wheel_members: set[str]) -> None:
@@ -134,7 +137,7 @@ def test_model_files_import_only_what_the_image_has(wheel_members: set[str]) -> 
     for model in (ROOT / "model_repository").glob("*/1/model.py"):
         for name in imported_modules(model):
             top = name.split(".")[0]
-            if top in ("shared", "backends"):
+            if top in ("shared", "backends", "serving"):
                 assert f"{name.replace('.', '/')}.py" in wheel_members or (
                     f"{name.replace('.', '/')}/__init__.py" in wheel_members
                 ), f"{model}: {name} is not in the installed package"
@@ -146,8 +149,10 @@ def test_model_files_import_only_what_the_image_has(wheel_members: set[str]) -> 
 
 def test_local_server_imports_the_libraries_from_site_packages() -> None:
     """./scripts/serve's stub finds `shared` through the venv's site-packages, not the cwd."""
-    probe = "import shared, backends; print(shared.__file__); print(backends.__file__)"
+    probe = (
+        "import shared, backends, serving\nfor m in (shared, backends, serving): print(m.__file__)"
+    )
     out = subprocess.run(
         [sys.executable, "-c", probe], cwd="/", check=True, capture_output=True, text=True
     ).stdout.split()
-    assert out == [str(ROOT / "shared" / "__init__.py"), str(ROOT / "backends" / "__init__.py")]
+    assert out == [str(ROOT / p / "__init__.py") for p in ("shared", "backends", "serving")]
