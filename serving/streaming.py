@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 
 import triton_python_backend_utils as pb_utils
 
-from serving.errors import ErrorCounter, internal_error, log_exception, triton_error
+from serving import tensors
+from serving.errors import ErrorCounter, error_response, internal_error, log_exception
 from serving.protocols import Request
 from shared.errors import ErrorCode, RequestError
 
@@ -43,7 +44,7 @@ class Stream:
         """One non-final response; dropped once the stream is finished or cancelled."""
         if self.cancelled():
             return
-        self._sender.send(pb_utils.InferenceResponse(output_tensors=list(output_tensors)))
+        self._sender.send(tensors.response(*output_tensors))
         self.sent += 1
 
     def finish(self, output_tensors: Sequence[Any] | None = None) -> None:
@@ -55,8 +56,7 @@ class Stream:
         if self._sender.is_cancelled():
             self._sender.send(flags=final)  # the client is gone; this only frees the request
         elif output_tensors:
-            response = pb_utils.InferenceResponse(output_tensors=list(output_tensors))
-            self._sender.send(response, flags=final)
+            self._sender.send(tensors.response(*output_tensors), flags=final)
             self.sent += 1
         else:
             self._sender.send(flags=final)
@@ -66,8 +66,9 @@ class Stream:
         if self.finished:
             return
         self.finished = True
-        response = pb_utils.InferenceResponse(output_tensors=[], error=triton_error(error))
-        self._sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        self._sender.send(
+            error_response(error), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        )
         if self._errors is not None:
             self._errors.count(error.code.value)
 

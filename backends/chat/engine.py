@@ -218,8 +218,8 @@ class VlmEngine:
     def generate(
         self, rows: Sequence[EngineRow], sinks: Sequence[RowSink | None] | None = None
     ) -> list[Completion]:
-        """Generate for every row at once (per-row options: `backends.chat.sampling`), with the fused
-        decoder where it runs (backends.chat.decode), else one `generate()` call."""
+        """Generate for every row at once (per-row options: `backends.chat.sampling`), with
+        the fused decoder where it runs (`backends.chat.decode`), else one `generate()` call."""
         sinks = list(sinks) if sinks is not None else [None] * len(rows)
         samplings = [row.sampling for row in rows]
         tracker = RowTracker(self.tokenizer, samplings, sinks, self.eos_token_ids)

@@ -7,10 +7,12 @@ computed for HiFi-GAN's "ResBlock1", two convolutions per dilation, so it bounds
 Piper's one-convolution "ResBlock2" too; tests/test_tts_piper.py checks a row's audio alone and
 inside a batch). Only two steps differ, and they are the overridable ones:
 
-* `load_model`: `backends.tts.piper_model.load_piper_vits` (VitsModel with "ResBlock2" blocks), with the
-  placement's `from_pretrained` arguments (dtype, device map, bitsandbytes quantization);
-* `front_end_for`: `backends.tts.piper_model.PiperFrontend` (espeak-ng IPA, then the voice's phoneme ids),
-  tried once at load so that a missing or broken espeak-ng fails the load, not every request.
+* `load_model`: `backends.tts.piper_model.load_piper_vits` (VitsModel with "ResBlock2"
+  blocks), with the placement's `from_pretrained` arguments (dtype, device map, bitsandbytes
+  quantization);
+* `front_end_for`: `backends.tts.piper_model.PiperFrontend` (espeak-ng IPA, then the voice's
+  phoneme ids), tried once at load so that a missing or broken espeak-ng fails the load, not
+  every request.
 
 The voice's inference settings come from its config.json (Piper's `.onnx.json`): VitsModel's
 `noise_scale` is Piper's noise_scale, `noise_scale_duration` its noise_w and `speaking_rate`
