@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 import triton_python_backend_utils as pb_utils
 
 from serving.batch import run_batch
-from serving.errors import ErrorCounter
+from serving.errors import ErrorCounter, SplitCounter
 from serving.protocols import Request, Response
 from serving.streaming import Stream, run_stream_batch
 from shared.loading import LoadPlan, plan_load
@@ -46,6 +46,7 @@ class ServedModel(ABC, Generic[E]):
     settings: dict[str, Any]
     engine: E
     errors: ErrorCounter
+    splits: SplitCounter
 
     def initialize(self, args: dict[str, str]) -> None:
         self.name = args["model_name"]
@@ -64,16 +65,20 @@ class ServedModel(ABC, Generic[E]):
         (`WhisperEngine.load`, `ChatService.load`, `backends.tts.engine.load_engine`)."""
 
     def start_metrics(self) -> None:
-        """Create the model's metric families; every model counts its errors by code. Called
-        from `initialize`, never at import: pb_utils' C++ half is attached after the import."""
+        """Create the model's metric families; every model counts its errors by code and its
+        split batches. Called from `initialize`, never at import: pb_utils' C++ half is
+        attached after the import."""
         self.errors = ErrorCounter(self.name)
+        self.splits = SplitCounter(self.name)
 
 
 class UnaryModel(ServedModel[E], Generic[E, Row, Result]):
     """One response per request; the rows of every request of a batch run as one call."""
 
     def execute(self, requests: list[Request]) -> list[Response]:
-        return run_batch(requests, self.parse, self.run, self.respond, self.name, self.errors)
+        return run_batch(
+            requests, self.parse, self.run, self.respond, self.name, self.errors, self.splits
+        )
 
     @abstractmethod
     def parse(self, request: Request) -> list[Row]:
@@ -92,7 +97,7 @@ class StreamingModel(ServedModel[E], Generic[E, Row]):
     """Decoupled: pieces as they are made, then exactly one final flag per request."""
 
     def execute(self, requests: list[Request]) -> None:
-        run_stream_batch(requests, self.parse, self.run, self.name, self.errors)
+        run_stream_batch(requests, self.parse, self.run, self.name, self.errors, self.splits)
 
     @abstractmethod
     def parse(self, request: Request) -> list[Row]:

@@ -66,6 +66,27 @@ class ErrorCounter:
         metric.increment(1)
 
 
+class SplitCounter:
+    """A Prometheus counter of batches split after their engine call failed, by model.
+
+    Each split is one failed call retried as two smaller ones (`serving.batch.isolate`): a
+    count that keeps growing means a request keeps poisoning batches, or the engine is broken.
+    """
+
+    NAME = "multimodal_batch_splits_total"
+
+    def __init__(self, model_name: str) -> None:
+        self._family = pb_utils.MetricFamily(
+            name=self.NAME,
+            description="Failed engine calls retried as two smaller ones, by model",
+            kind=pb_utils.MetricFamily.COUNTER,
+        )
+        self._metric = self._family.Metric(labels={"model": model_name})
+
+    def count(self) -> None:
+        self._metric.increment(1)
+
+
 def log_exception(model_name: str, stage: str, exc: Exception) -> None:
     """The traceback goes to the server log; clients get `internal_error`'s short message."""
     pb_utils.Logger.log_error(

@@ -7,6 +7,10 @@ The streaming twin of `serving.batch.run_batch`, for models with
   TRITONSERVER_RESPONSE_COMPLETE_FINAL and the others go on;
 - the rows of all valid requests go to the engine in one call; the engine reports pieces per
   row through the row's `Stream` and asks it whether the client has cancelled;
+- when the engine call fails, the requests that have not sent a piece yet are retried in
+  smaller groups (`serving.batch.isolate`) until the failure is pinned on one request; a
+  request that already sent pieces cannot be retried (its client holds part of an answer that
+  a rerun would repeat) and gets the error on its final response;
 - every request gets exactly one COMPLETE_FINAL, whatever happens (engine error included):
   a client waiting on a stream that never ends is the worst failure a decoupled model has;
 - `execute()` returns None, as the decoupled protocol requires.
@@ -20,7 +24,14 @@ from typing import Any, TypeVar
 import triton_python_backend_utils as pb_utils
 
 from serving import tensors
-from serving.errors import ErrorCounter, error_response, internal_error, log_exception
+from serving.batch import engine_error, isolate, split_logger
+from serving.errors import (
+    ErrorCounter,
+    SplitCounter,
+    error_response,
+    internal_error,
+    log_exception,
+)
 from serving.protocols import Request
 from shared.errors import ErrorCode, RequestError
 
@@ -79,17 +90,18 @@ def run_stream_batch(
     run: Callable[[list[Row], list[Stream]], None],
     model_name: str,
     errors: ErrorCounter | None = None,
+    splits: SplitCounter | None = None,
 ) -> None:
     """Parse each request, stream all valid rows from one engine call, finish every stream.
 
     `parse` returns a request's rows or raises RequestError. `run(rows, streams)` gets the rows
     of all valid requests and, per row, the `Stream` of its request (rows of one request share
     it); it sends pieces and usually finishes each stream with its last response. Streams it
-    leaves open are finished here with an empty final response; if it raises, every stream still
-    open gets the error (INTERNAL for unexpected exceptions, logged with the traceback).
+    leaves open are finished here with an empty final response. If it raises, the requests
+    that sent nothing yet are retried in smaller groups (counted in `splits`) and the others
+    get the error (INTERNAL for unexpected exceptions, logged with the traceback).
     """
-    rows: list[Row] = []
-    row_streams: list[Stream] = []
+    parsed: list[tuple[Stream, list[Row]]] = []
     streams: list[Stream] = []
     for request in requests:
         stream = Stream(request, errors)
@@ -98,26 +110,26 @@ def run_stream_batch(
             stream.fail(RequestError("the request was cancelled", ErrorCode.CANCELLED))
             continue
         try:
-            parsed = parse(request)
+            parsed.append((stream, parse(request)))
         except RequestError as error:
             stream.fail(error)
-            continue
         except Exception as exc:
             log_exception(model_name, "parsing the request", exc)
             stream.fail(internal_error(model_name, "parsing the request", exc))
-            continue
-        rows.extend(parsed)
-        row_streams.extend([stream] * len(parsed))
-    if rows:
-        try:
-            run(rows, row_streams)
-        except RequestError as error:
-            for stream in streams:
-                stream.fail(error)
-        except Exception as exc:
-            log_exception(model_name, "running the model", exc)
-            internal = internal_error(model_name, "running the model", exc)
-            for stream in streams:
-                stream.fail(internal)
+
+    def call(group: list[tuple[Stream, list[Row]]]) -> None:
+        run(
+            [row for _, rows in group for row in rows],
+            [stream for stream, rows in group for _ in rows],
+        )
+
+    def fail(unit: tuple[Stream, list[Row]], exc: Exception) -> None:
+        if not unit[0].finished:
+            unit[0].fail(engine_error(model_name, exc))
+
+    def retryable(unit: tuple[Stream, list[Row]]) -> bool:
+        return not unit[0].finished and unit[0].sent == 0
+
+    isolate(parsed, call, fail, retryable=retryable, on_split=split_logger(model_name, splits))
     for stream in streams:
         stream.finish()

@@ -50,11 +50,42 @@ def test_a_bad_request_fails_alone_with_the_final_flag(harness):
     )
 
 
-def test_an_engine_failure_ends_every_stream_with_internal(harness):
-    for results in harness.execute([harness.request(count(1)), harness.request(count(99))]):
-        assert results[-1].final and results[-1].code == "INTERNAL"
-        assert "see the server log" in results[-1].message
+def splits(harness) -> float:
+    series = harness.metric("multimodal_batch_splits_total", {"model": "stream_batch"})
+    return 0.0 if series is None else series.value
+
+
+def test_an_engine_failure_is_pinned_on_the_request_that_causes_it(harness):
+    counts = (1, 2, 99, 3)
+    before = splits(harness)  # the metric registry outlives a harness
+    batch = harness.execute([harness.request(count(n)) for n in counts])
+    for n, results in zip(counts, batch, strict=True):
+        assert [r.final for r in results].count(True) == 1 and results[-1].final
+        if n == 99:
+            assert len(results) == 1 and results[0].code == "INTERNAL"
+            assert "see the server log" in results[0].message
+        else:
+            assert pieces(results) == list(range(n)) and results[-1].error is None
+    assert splits(harness) == before + 2  # 4 -> 2 + 2 -> the poisoned pair -> 1 + 1
     assert any("engine failure" in message for _, message in harness.logs)
+
+
+def test_a_stream_that_already_sent_pieces_gets_the_error_the_others_are_retried(harness):
+    # 77 fails the call after every stream's first piece: those streams cannot be rerun (their
+    # clients hold piece 0); a request that had no piece yet (count 0) is retried and served.
+    before = splits(harness)
+    started, poisoned, idle = harness.execute([harness.request(count(n)) for n in (2, 77, 0)])
+    for results in (started, poisoned):
+        assert pieces(results) == [0] and results[-1].final and results[-1].code == "INTERNAL"
+    assert idle[-1].final and idle[-1].error is None and pieces(idle) == []
+    assert harness.model.calls == 2 and splits(harness) == before
+
+
+def test_an_engine_that_always_fails_ends_every_stream_with_internal(harness):
+    batch = harness.execute([harness.request(count(99)) for _ in range(3)])
+    for results in batch:
+        assert len(results) == 1 and results[0].final and results[0].code == "INTERNAL"
+    assert harness.model.calls == 5  # 3 -> 1 + 2 -> 1 + 1
 
 
 def test_a_cancelled_request_gets_no_pieces(harness):

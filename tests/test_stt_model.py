@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shared.errors import RequestError
 from tests.harness.runner import ModelHarness, ServerRejected
 from tests.speech import encode
 
@@ -109,6 +110,38 @@ def test_engine_failure_fails_the_batch_with_a_short_internal_error(
     assert all("Traceback" not in r.message and "simulated" not in r.message for r in results)
     errors = [m for level, m in stt.logs if level == "ERROR"]
     assert any("Traceback" in m and "simulated" in m for m in errors), "the log keeps the details"
+
+
+def test_an_engine_failure_is_pinned_on_the_request_that_causes_it(
+    stt: ModelHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch is retried in halves: only the poisoned requests fail, each with its own code."""
+    real = stt.model.engine.transcribe
+    internal, invalid = int(1.3 * 16_000), int(1.7 * 16_000)  # audio lengths that poison a call
+
+    def poisoned(rows):
+        lengths = {row.audio.shape[0] for row in rows}
+        if internal in lengths:
+            raise RuntimeError("simulated")
+        if invalid in lengths:
+            raise RequestError("input 'audio' breaks the model (simulated)")
+        return real(rows)
+
+    monkeypatch.setattr(stt.model.engine, "transcribe", poisoned)
+    series = stt.metric("multimodal_batch_splits_total", {"model": "stt"})
+    before = 0.0 if series is None else series.value
+    seconds = [1.0, 1.3, 2.0, 1.1, 1.7, 0.9]
+    inputs = [with_tokens(audio(clip(s, i))) for i, s in enumerate(seconds)]
+    results = stt.execute([stt.request(i) for i in inputs])
+    assert [r.code for r in results] == [None, "INTERNAL", None, None, "INVALID_ARG", None]
+    assert "internal error while running the model (RuntimeError)" in results[1].message
+    assert results[4].message == "input 'audio' breaks the model (simulated)"
+    for k in (0, 2, 3, 5):
+        assert results[k].text("text") == stt.infer(inputs[k]).text("text")
+    after = stt.metric("multimodal_batch_splits_total", {"model": "stt"})
+    assert after is not None and after.value == before + 5  # 6 -> 3 + 3, and 1.3 and 1.7 s
+    # are each found in 2 more halvings (3 -> 1 + 2 -> 1 + 1)
+    assert any("retrying them in two halves" in m for level, m in stt.logs if level == "WARNING")
 
 
 def test_server_checks_happen_before_the_model(stt: ModelHarness) -> None:

@@ -4,7 +4,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from serving import tensors
-from serving.errors import ErrorCounter
+from serving.errors import ErrorCounter, SplitCounter
 from serving.streaming import Stream, run_stream_batch
 from shared.errors import invalid
 
@@ -16,10 +16,11 @@ def _int(name: str, value: int) -> object:
 class TritonPythonModel:
     def initialize(self, args):
         self.errors = ErrorCounter(args["model_name"])
+        self.splits = SplitCounter(args["model_name"])
         self.calls = 0
 
     def execute(self, requests):
-        run_stream_batch(requests, self._parse, self._run, "stream_batch", self.errors)
+        run_stream_batch(requests, self._parse, self._run, "stream_batch", self.errors, self.splits)
 
     def _parse(self, request):
         count = tensors.number_column(request, "count", 1, int)[0]
@@ -32,6 +33,8 @@ class TritonPythonModel:
         if 99 in counts:
             raise RuntimeError("engine failure")
         for step in range(max(counts, default=0)):
+            if step == 1 and 77 in counts:
+                raise RuntimeError("engine failure after the first pieces")
             for count, stream in zip(counts, streams, strict=True):
                 if step < count and not stream.cancelled():
                     stream.send([_int("piece", step)])
