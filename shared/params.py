@@ -21,7 +21,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.errors import ModelLoadError
+from shared.errors import ModelLoadError, invalid
+
+#: The sampling temperatures a request may ask for, 0 being greedy decoding.
+MAX_TEMPERATURE = 2.0
+#: Temperatures below this decode greedily: sampling there is greedy in effect (a logit gap of
+#: 0.1 already weighs e^10 to 1), and dividing logits by a tiny temperature overflows to
+#: infinities that the sampler cannot draw from (1e-40 made torch.multinomial raise).
+GREEDY_BELOW = 0.01
 
 
 def parse_bool(text: str) -> bool:
@@ -73,6 +80,20 @@ class Param:
                 f"setting {self.name!r} from {source} is {value}; maximum {self.maximum}"
             )
         return value
+
+
+def check_temperature(value: float, name: str = "temperature") -> float:
+    """A request's sampling temperature, checked; 0 (greedy) for anything under GREEDY_BELOW.
+
+    The STT and chat models share it, so the same value means the same thing everywhere.
+    """
+    value = float(value)
+    if not math.isfinite(value) or not 0.0 <= value <= MAX_TEMPERATURE:
+        raise invalid(
+            f"input '{name}' is {value}; allowed: 0 (greedy) to {MAX_TEMPERATURE:g} "
+            f"(under {GREEDY_BELOW:g}: greedy)"
+        )
+    return 0.0 if value < GREEDY_BELOW else value
 
 
 def config_parameters(model_config: Mapping[str, Any]) -> dict[str, str]:

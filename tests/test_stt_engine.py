@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from backends.stt.engine import SttRow, WhisperEngine
 from backends.stt.settings import stt_params
@@ -153,3 +154,29 @@ def test_long_form_batched_equals_alone_at_any_length(english) -> None:
     alone = [english.transcribe([row])[0] for row in rows]
     assert [t.text for t in together] == [a.text for a in alone]
     assert [t.segments for t in together] == [a.segments for a in alone]
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 0.009])
+def test_a_tiny_temperature_is_greedy(english, temperature: float) -> None:
+    audio = clip(1.0, 3)
+    assert english.check_temperature(temperature) == 0.0
+    greedy = english.transcribe([SttRow(audio=audio, max_new_tokens=6)])
+    tiny = SttRow(audio=audio, max_new_tokens=6, temperature=english.check_temperature(temperature))
+    assert english.transcribe([tiny]) == greedy
+
+
+def test_sampling_survives_infinite_scores(english) -> None:
+    """A model that overflows to +inf for a token still samples it, instead of failing the call
+    (torch.multinomial refuses such rows)."""
+    token = 500  # an ordinary text token of the random checkpoint
+    hook = english.model.proj_out.register_forward_hook(
+        lambda module, args, output: output.index_fill(-1, torch.tensor([token]), float("inf"))
+    )
+    try:
+        rows = [SttRow(audio=clip(1.0, i), max_new_tokens=3, temperature=0.8) for i in range(2)]
+        for row in english.transcribe(rows):
+            assert (
+                row.text == english.processor.decode([token] * 3, skip_special_tokens=True).strip()
+            )
+    finally:
+        hook.remove()

@@ -241,6 +241,14 @@ def test_history_gives_way_when_the_context_is_full(service: ChatService) -> Non
     assert squeezed.engine_row.encoded.prompt_tokens == without.engine_row.encoded.prompt_tokens
 
 
+@pytest.mark.parametrize("temperature", [1e-40, 0.009])
+def test_a_tiny_temperature_is_greedy(service: ChatService, temperature: float) -> None:
+    greedy = service.prepare(ChatRequest("Hi", max_new_tokens=8))
+    tiny = service.prepare(ChatRequest("Hi", max_new_tokens=8, temperature=temperature))
+    assert tiny.engine_row.sampling.greedy
+    assert service.run([tiny]) == service.run([greedy])
+
+
 @pytest.mark.parametrize(
     ("request_", "expected"),
     [
@@ -251,6 +259,8 @@ def test_history_gives_way_when_the_context_is_full(service: ChatService) -> Non
         (ChatRequest("Hi", top_p=1.5), "input 'top_p' is 1.5"),
         (ChatRequest("Hi", top_k=-1), "input 'top_k' is -1"),
         (ChatRequest("Hi", repetition_penalty=0.0), "input 'repetition_penalty' is 0.0"),
+        (ChatRequest("Hi", repetition_penalty=1e-40), "allowed: 0.1 to 10 (1: off)"),
+        (ChatRequest("Hi", repetition_penalty=11.0), "input 'repetition_penalty' is 11.0"),
         (ChatRequest("Hi", stop=("x",) * 9), "input 'stop' has 9 strings"),
         (ChatRequest("Hi", reset_session=True), "input 'session_id' is missing"),
         (ChatRequest("Hi", session_id="a\nb"), "input 'session_id' must be printable"),

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from backends.chat.sampling import Detokenizer, RowSampler, RowTracker, Sampling
+from backends.scores import finite_scores
 
 TEXT = "Hello wörld, the café — 猫 sat. Stop here, please!"
 
@@ -135,6 +136,31 @@ def test_top_k_and_top_p_restrict_the_choice() -> None:
     sampler = RowSampler([Sampling(5, temperature=1.0, top_p=0.5, seed=0)], [0], "cpu")
     drawn = {pick(sampler, logits)[0] for _ in range(300)}
     assert drawn <= allowed and len(drawn) > 1
+
+
+def test_infinite_and_nan_scores_never_reach_the_draw() -> None:
+    """A row whose scores hold +inf or NaN is drawn from, not a failure of the whole batch."""
+    logits = scores(2)
+    logits[0, 7] = float("inf")  # certain: always drawn
+    logits[1, :] = float("nan")
+    logits[1, 3] = 0.5  # the only possible token
+    sampler = RowSampler([Sampling(5, temperature=0.7, seed=s) for s in (1, 2)], [0, 0], "cpu")
+    assert {tuple(pick(sampler, logits)) for _ in range(20)} == {(7, 3)}
+
+
+def test_a_row_with_no_possible_token_fails_clearly() -> None:
+    logits = scores(1)
+    logits[0, :] = float("nan")
+    sampler = RowSampler([Sampling(5, temperature=1.0, seed=1)], [0], "cpu")
+    with pytest.raises(FloatingPointError, match="no finite score"):
+        pick(sampler, logits)
+
+
+def test_the_guard_changes_no_probability() -> None:
+    logits = scores(1, vocab=50) / 3
+    shifted = finite_scores(logits)
+    assert shifted.max().item() == 0.0
+    assert torch.allclose(torch.softmax(shifted / 0.7, -1), torch.softmax(logits / 0.7, -1))
 
 
 def test_repetition_penalty_ignores_left_padding() -> None:

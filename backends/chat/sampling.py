@@ -30,7 +30,13 @@ from typing import Any, Protocol
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
+from backends.scores import finite_scores
 from shared.chat import Completion
+
+#: Repetition penalties a request may ask for (1: off): below 1 repetition is favoured, and
+#: dividing scores by a tiny penalty overflows them (1e-40 made the draw fail).
+MIN_PENALTY = 0.1
+MAX_PENALTY = 10.0
 
 
 @dataclass(frozen=True)
@@ -110,8 +116,9 @@ class RowSampler(LogitsProcessor):
 
 
 def _draw(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:
-    """One token from temperature-scaled logits restricted by top-k then top-p."""
-    logits = logits / sampling.temperature
+    """One token from temperature-scaled logits restricted by top-k then top-p (guarded by
+    `finite_scores`: no NaN or overflow reaches the draw)."""
+    logits = finite_scores(logits) / sampling.temperature
     if 0 < sampling.top_k < logits.shape[-1]:
         kth = torch.topk(logits, sampling.top_k).values[-1]
         logits = logits.masked_fill(logits < kth, -float("inf"))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from backends.chat.engine import EngineRow, VlmEngine
-from backends.chat.sampling import RowSink, Sampling
+from backends.chat.sampling import MAX_PENALTY, MIN_PENALTY, RowSink, Sampling
 from shared.chat import (
     MAX_STOP_CHARS,
     MAX_STOP_STRINGS,
@@ -27,6 +27,7 @@ from shared.chat import (
 )
 from shared.errors import ModelLoadError, invalid
 from shared.loading import LoadPlan
+from shared.params import check_temperature
 from shared.sessions import SessionStore
 
 MAX_SESSION_ID_CHARS = 256
@@ -105,9 +106,7 @@ class ChatService:
         max_new = _given(request.max_new_tokens, s["max_new_tokens"])
         if not 1 <= max_new <= limit:
             raise invalid(f"input 'max_new_tokens' is {max_new}; allowed: 1 to {limit}")
-        temperature = float(_given(request.temperature, s["temperature"]))
-        if not math.isfinite(temperature) or not 0.0 <= temperature <= 2.0:
-            raise invalid(f"input 'temperature' is {temperature}; allowed: 0 (greedy) to 2")
+        temperature = check_temperature(_given(request.temperature, s["temperature"]))
         top_p = float(_given(request.top_p, s["top_p"]))
         if not math.isfinite(top_p) or not 0.0 < top_p <= 1.0:
             raise invalid(f"input 'top_p' is {top_p}; allowed: greater than 0, at most 1")
@@ -115,10 +114,10 @@ class ChatService:
         if top_k < 0:
             raise invalid(f"input 'top_k' is {top_k}; allowed: 0 (off) or more")
         penalty = float(_given(request.repetition_penalty, s["repetition_penalty"]))
-        if not math.isfinite(penalty) or not 0.0 < penalty <= 10.0:
+        if not math.isfinite(penalty) or not MIN_PENALTY <= penalty <= MAX_PENALTY:
             raise invalid(
-                f"input 'repetition_penalty' is {penalty}; allowed: greater than 0, at most 10 "
-                "(1: off)"
+                f"input 'repetition_penalty' is {penalty}; allowed: {MIN_PENALTY:g} to "
+                f"{MAX_PENALTY:g} (1: off)"
             )
         stop = tuple(request.stop)
         if len(stop) > MAX_STOP_STRINGS:

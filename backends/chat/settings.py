@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from backends.chat.engine import ATTENTION_IMPLEMENTATIONS, DECODERS
+from backends.chat.sampling import MAX_PENALTY, MIN_PENALTY
 from shared.params import Param, load_params
 
 #: Environment variables deployments of the earlier FastAPI service already set.
@@ -60,7 +61,14 @@ def chat_params(default_model_path: str, *, images: bool) -> list[Param]:
         ),
         Param("top_p", 1.0, parse=_probability, env_aliases=("TOP_P",), doc="default top-p"),
         Param("top_k", 0, parse=int, minimum=0, doc="default top-k; 0: off"),
-        Param("repetition_penalty", 1.0, parse=float, minimum=0.01, doc="default; 1: off"),
+        Param(
+            "repetition_penalty",
+            1.0,
+            parse=float,
+            minimum=MIN_PENALTY,
+            maximum=MAX_PENALTY,
+            doc="default; 1: off",
+        ),
         Param(
             "max_history",
             5,

@@ -15,6 +15,7 @@ from backends.stt.batching import group_by_key
 from shared.errors import invalid
 from shared.loading import Loaded, LoadPlan, load_pretrained
 from shared.logs import quiet_repeated_warnings
+from shared.params import check_temperature
 
 TASKS = ("transcribe", "translate")
 
@@ -119,11 +120,8 @@ class WhisperEngine:
 
     @staticmethod
     def check_temperature(value: float | None) -> float:
-        if value is None:
-            return 0.0
-        if not np.isfinite(value) or not 0.0 <= value <= 2.0:
-            raise invalid(f"input 'temperature' is {value}; allowed: 0 (greedy) to 2")
-        return float(value)
+        """0 (greedy) when not given; tiny values are greedy too (`shared.params`)."""
+        return 0.0 if value is None else check_temperature(value)
 
     # --- execution ------------------------------------------------------------------------
 
@@ -151,6 +149,9 @@ class WhisperEngine:
 
     def _generate(self, rows: list[SttRow]) -> list[Transcription]:
         import torch
+        from transformers import LogitsProcessorList
+
+        from backends.scores import FiniteScores
 
         first = rows[0]
         long_form = self._is_long(first)
@@ -191,7 +192,11 @@ class WhisperEngine:
         if first.max_new_tokens is not None:
             kwargs["max_new_tokens"] = first.max_new_tokens
         if first.temperature > 0:
-            kwargs.update(do_sample=True, temperature=first.temperature)
+            kwargs.update(
+                do_sample=True,
+                temperature=first.temperature,
+                logits_processor=LogitsProcessorList([FiniteScores()]),
+            )
         else:
             kwargs["do_sample"] = False
         with torch.inference_mode():
