@@ -26,6 +26,8 @@ FORBIDDEN = {
     "backends": {"serving", "tools", "tests", PB_UTILS},
     "shared": {"backends", "serving", "tools", "tests", PB_UTILS},
     "tools": {PB_UTILS},
+    # The OpenAI door reaches the models over gRPC only: no model code, no tooling.
+    "openai_api": {"serving", "backends", "model_repository", "tools", "tests", PB_UTILS},
 }
 
 
