@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,7 +130,7 @@ class VlmEngine:
         self.device = torch.device(loaded.placement.device)
         # Text that spells a special token would be read as that token: an `<image>` with no
         # image behind it makes the forward pass fail for the whole batch, a `<|im_start|>`
-        # forges a turn. Such text is refused (see `encode`).
+        # forges a turn. Such text is refused, on the rendered prompt (`_check_special`).
         special = sorted(
             {str(t) for t in self.tokenizer.added_tokens_decoder.values() if t.special},
             key=len,
@@ -180,19 +181,9 @@ class VlmEngine:
 
     def encode(self, messages: Sequence[Message]) -> Encoded:
         """Apply the chat template and the processor to one conversation."""
-        if self._special is not None:
-            for message in messages:
-                for part in message.parts:
-                    found = self._special.search(part.text) if part.text else None
-                    if found:
-                        raise invalid(
-                            f"input 'prompt' contains {found.group()!r}, one of the model's "
-                            "special tokens; send images as images and turns as messages"
-                        )
         conversation, images = template_messages(messages)
-        prompt = self.processor.apply_chat_template(
-            conversation, add_generation_prompt=True, tokenize=False
-        )
+        prompt = self._render(conversation)
+        self._check_special(prompt, conversation)
         try:
             inputs = self.processor(
                 text=[prompt],
@@ -203,6 +194,33 @@ class VlmEngine:
         except ValueError as exc:  # the processor refuses an image (aspect ratio, size)
             raise invalid(f"input 'images': the model's processor refuses them: {exc}") from exc
         return Encoded(inputs=dict(inputs))
+
+    def _render(self, conversation: list[dict[str, Any]]) -> str:
+        return str(
+            self.processor.apply_chat_template(
+                conversation, add_generation_prompt=True, tokenize=False
+            )
+        )
+
+    def _check_special(self, prompt: str, conversation: list[dict[str, Any]]) -> None:
+        """Refuse a prompt whose rendering holds a special token the template did not write.
+
+        Checked on the template's output, not per part: two parts (or a part and the
+        template's own text) can join into a token neither holds alone, `<|im_` and `start|>`
+        into a forged turn, `<ima` and `ge>` into an image with no image behind it. What the
+        template writes is known by rendering the same conversation with its text blanked.
+        """
+        if self._special is None:
+            return
+        found = Counter(match.group() for match in self._special.finditer(prompt))
+        written = self._render(_blank_text(conversation))
+        extra = found - Counter(match.group() for match in self._special.finditer(written))
+        if extra:
+            raise invalid(
+                f"input 'prompt' contains {next(iter(extra))!r}, one of the model's special "
+                "tokens (alone or joined across parts); send images as images and turns as "
+                "messages"
+            )
 
     def check_length(self, encoded: Encoded, max_new_tokens: int) -> None:
         room = self.context_length - max_new_tokens
@@ -334,6 +352,20 @@ class VlmEngine:
                 self.device, dtype=self.float_dtype if value.is_floating_point() else None
             )
         return batch, starts
+
+
+def _blank_text(conversation: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conversation with every text part empty: what the template writes by itself."""
+    return [
+        {
+            **message,
+            "content": [
+                {**part, "text": ""} if part.get("type") == "text" else part
+                for part in message["content"]
+            ],
+        }
+        for message in conversation
+    ]
 
 
 def _row_major_images(rows: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
