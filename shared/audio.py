@@ -50,6 +50,8 @@ def decode_audio(
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         # libsndfile's own reason, without soundfile's "Error opening <BytesIO at 0x...>".
         reason = getattr(exc, "error_string", None) or str(exc)
+        if reason.startswith("File does not exist"):  # what it says of an MP3 with no frame
+            reason = "no audio frame of a known format was found in it"
         raise invalid(
             f"input '{name}' is not a readable audio file (WAV, FLAC, OGG/Vorbis/Opus, MP3): {reason}"
         ) from exc

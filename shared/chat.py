@@ -138,6 +138,11 @@ def parse_prompt(prompt: str, images: Sequence[bytes], limits: ImageLimits) -> l
             "input 'prompt' starts like a JSON list of chat messages but is not valid JSON: "
             f"{exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from exc
+    except RecursionError as exc:  # the parser recurses per level: [[[[... exhausts the stack
+        raise invalid(
+            "input 'prompt' is a JSON document nested too deeply to read; chat messages "
+            "nest 4 levels (messages, message, content, part)"
+        ) from exc
     return _parse_messages(raw, images, limits)
 
 

@@ -13,6 +13,7 @@ naming the input and the limit.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -21,6 +22,9 @@ from shared.errors import invalid
 
 #: What the error message promises; Pillow reads more, and anything it reads is accepted.
 FORMATS_HINT = "JPEG, PNG, WebP, GIF, BMP"
+#: How Pillow names the file object it read (`<_io.BytesIO object at 0x7f...>`): a heap
+#: address means nothing to a client and tells an attacker about the server's memory.
+_OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")
 
 
 def decode_image(data: bytes, *, max_pixels: int, max_bytes: int, name: str) -> Image.Image:
@@ -56,8 +60,15 @@ def decode_image(data: bytes, *, max_pixels: int, max_bytes: int, name: str) -> 
             "(max_image_pixels)"
         ) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise invalid(f"{name} is not a readable image ({FORMATS_HINT}): {exc}") from exc
+        raise invalid(f"{name} is not a readable image ({FORMATS_HINT}): {_reason(exc)}") from exc
     return _rgb(upright)
+
+
+def _reason(exc: Exception) -> str:
+    """Pillow's reason, without the heap address of the buffer it was reading."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "its format is not recognised"
+    return _OBJECT_REPR.sub("", str(exc)).strip() or type(exc).__name__
 
 
 def _rgb(image: Image.Image) -> Image.Image:

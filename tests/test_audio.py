@@ -54,6 +54,13 @@ def test_corrupt_bytes() -> None:
     assert "not a readable audio file" in error_of(b"RIFF\x00\x00garbage" * 10).message
 
 
+def test_mp3_garbage_gets_a_clear_reason() -> None:
+    """libsndfile says "File does not exist" of an MP3 frame header with garbage behind it."""
+    message = error_of(b"\xff\xfb\x90\x00" + b"\x11" * 500).message
+    assert "does not exist" not in message
+    assert message.endswith("no audio frame of a known format was found in it")
+
+
 def test_zero_length_audio() -> None:
     data = encode(np.zeros(0, dtype=np.float32), RATE)
     assert "no audio samples" in error_of(data).message

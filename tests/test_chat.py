@@ -141,6 +141,14 @@ def test_bad_prompts_are_invalid_arg_naming_the_input(
     assert "input '" in caught.value.message or "images" in caught.value.message
 
 
+def test_a_deeply_nested_messages_json_is_invalid_arg() -> None:
+    deep = '[{"role": "user", "content": ' + "[" * 100_000 + "]" * 100_000 + "}]"
+    with pytest.raises(RequestError) as caught:
+        parse_prompt(deep, [], LIMITS)
+    assert caught.value.code is ErrorCode.INVALID_ARG
+    assert caught.value.message.startswith("input 'prompt' is a JSON document nested too deeply")
+
+
 def test_images_in_messages_count_towards_the_limit_before_decoding() -> None:
     part = {"type": "image_url", "image_url": data_uri(b"not even decoded")}
     raw = [{"role": "user", "content": [part, part, part]}]

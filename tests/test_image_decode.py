@@ -88,6 +88,18 @@ def test_bad_images_are_invalid_arg_naming_the_input(data: bytes, expected: str)
     assert caught.value.message.startswith("input 'images' item 0")
 
 
+@pytest.mark.parametrize(
+    "data",
+    [b"definitely not an image", b"GIF89a" + b"\0" * 20, b"\xff\xd8\xff\xe0" + b"\0" * 30],
+    ids=["garbage", "gif-header", "jpeg-header"],
+)
+def test_messages_show_no_heap_address(data: bytes) -> None:
+    with pytest.raises(RequestError) as caught:
+        decode_image(data, **LIMITS)
+    assert "0x" not in caught.value.message and "BytesIO" not in caught.value.message
+    assert caught.value.message.endswith("its format is not recognised")
+
+
 def test_the_pixel_limit_is_checked_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     bomb = _png_declaring(5000, 5000)
     decoded = []

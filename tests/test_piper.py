@@ -278,6 +278,6 @@ def test_check_gives_the_text_espeak_ng_will_be_given(frontend: PiperFrontend) -
 def test_unspeakable_text_is_an_invalid_argument_naming_it(
     frontend: PiperFrontend, text: str
 ) -> None:
-    with pytest.raises(RequestError, match=r"text 1 .*nothing speakable") as info:
+    with pytest.raises(RequestError, match=r"sentence 1 .*nothing speakable") as info:
         frontend.encode(["Hello there.", text])
     assert info.value.code == ErrorCode.INVALID_ARG

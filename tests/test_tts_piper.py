@@ -220,6 +220,7 @@ def test_a_front_end_failure_fails_only_its_own_request(
         results = tts.execute([tts.request(r) for r in requests])
         assert calls == [2]
         assert results[1].code == "INVALID_ARG" and results[1].http_status == 400
+        assert (results[1].message or "").startswith("input 'text' sentence 0 (")
         assert "gives no phoneme this voice knows" in (results[1].message or "")
         assert results[2].code == "INTERNAL" and "PhonemizerError" in (results[2].message or "")
         assert "simulated" not in (results[2].message or "")  # details go to the server log

@@ -40,7 +40,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from shared.errors import ModelLoadError, invalid
+from shared.errors import ErrorCode, ModelLoadError, RequestError, invalid
 from shared.loading import LoadPlan
 from shared.text import (
     check_length,
@@ -282,9 +282,15 @@ class TtsEngine(ABC):
         A front end can refuse text (Piper's: a sentence that gives no phoneme the voice knows,
         INVALID_ARG) or break (espeak-ng missing or failing: PhonemizerError, INTERNAL). Done
         here, per request, either is that request's own failure, never that of the batch it
-        would have joined.
+        would have joined. A refusal names the input: the front end knows only sentences.
         """
-        return tuple(tuple(ids) for ids in self.front_end.encode(sentences))
+        try:
+            encoded = self.front_end.encode(sentences)
+        except RequestError as error:
+            if error.code is not ErrorCode.INVALID_ARG:
+                raise
+            raise invalid(f"input 'text' {error.message}") from error
+        return tuple(tuple(ids) for ids in encoded)
 
     # --- execution ------------------------------------------------------------------------
 

@@ -221,17 +221,17 @@ class PiperFrontend:
         return phonemize_batch(texts, self.espeak_voice)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        """The voice's phoneme ids for each text; INVALID_ARG naming a text that gives none."""
+        """The voice's phoneme ids for each sentence; INVALID_ARG naming one that gives none."""
         for index, text in enumerate(texts):
             if not is_speakable(text):
                 raise invalid(
-                    f"text {index} ({text[:40]!r}) has nothing speakable: no letter or digit is "
+                    f"sentence {index} ({text[:40]!r}) has nothing speakable: no letter or digit is "
                     f"left after dropping control characters and unsupported symbols"
                 )
         ids = [phoneme_ids(p, self.phoneme_id_map) for p in self.phonemes(texts)]
         for index, row in enumerate(ids):
             if not row:
                 raise invalid(
-                    f"text {index} ({texts[index][:40]!r}) gives no phoneme this voice knows"
+                    f"sentence {index} ({texts[index][:40]!r}) gives no phoneme this voice knows"
                 )
         return ids
