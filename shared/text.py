@@ -74,12 +74,16 @@ def require_speakable(text: str, original: str, name: str = "text") -> str:
 
 
 def check_length(text: str, max_chars: int, name: str = "text") -> str:
-    """Refuse empty text and text over the configured maximum (setting max_text_chars)."""
+    """Refuse empty text and text over the configured maximum (setting max_text_chars).
+
+    `text` is normalised (`normalize_text`) first: the count is that of what is spoken.
+    """
     if not text.strip():
         raise invalid(f"input '{name}' is empty")
     if len(text) > max_chars:
         raise invalid(
-            f"input '{name}' is {len(text)} characters; the limit is {max_chars} (max_text_chars)"
+            f"input '{name}' is {len(text)} characters once normalised (NFKC); the limit is "
+            f"{max_chars} (max_text_chars)"
         )
     return text
 

@@ -84,7 +84,9 @@ def test_splitting_keeps_every_character_in_order(seed: int) -> None:
 def test_checks_name_the_input_and_the_limit() -> None:
     with pytest.raises(RequestError, match="input 'text' is empty"):
         check_length("  \n ", 10)
-    with pytest.raises(RequestError, match=r"is 11 characters; the limit is 10 \(max_text_chars\)"):
+    with pytest.raises(
+        RequestError, match=r"is 11 characters once normalised \(NFKC\); the limit is 10 \(max"
+    ):
         check_length("x" * 11, 10)
     with pytest.raises(RequestError, match="input 'text' has nothing this voice can speak"):
         require_speakable("?!", "?!")

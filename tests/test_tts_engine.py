@@ -9,7 +9,9 @@ which a single flipped duration or stop decision would change, must not.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -273,6 +275,89 @@ def test_sentences_of_a_long_text_share_forward_passes(engines: dict[str, TtsEng
     )
     pause = round(TextLimits().sentence_pause_seconds * engine.sampling_rate)
     assert audio[0].shape[0] == sum(p.shape[0] for p in pieces) + 3 * pause
+
+
+def limited(engine: TtsEngine, **limits: float) -> TtsEngine:
+    """The same loaded engine with other limits."""
+    clone = copy.copy(engine)
+    clone.limits = TextLimits(**limits)  # type: ignore[arg-type]
+    return clone
+
+
+def spy_passes(engine: TtsEngine) -> list[float]:
+    """Record each forward pass's padded audio (rows x longest row, in seconds)."""
+    passes: list[float] = []
+    forward = engine._forward
+
+    def spy(ids: list[list[int]], batch: list[Utterance]) -> list[np.ndarray]:
+        passes.append(engine.seconds(len(batch) * max(u.frames or 0 for u in batch)))
+        return forward(ids, batch)
+
+    engine._forward = spy  # type: ignore[method-assign]
+    return passes
+
+
+@pytest.mark.parametrize("name", ["vits", "speecht5"])
+def test_predicted_frames_are_what_synthesis_makes_or_bound_it(
+    engines: dict[str, TtsEngine], name: str
+) -> None:
+    engine = engines[name]
+    for rate in (0.5, 1.0, 2.0):
+        batch = [replace(u, speaking_rate=rate) for u in utterances(engine)]
+        ids = [list(row) for row in engine.encode([u.text for u in batch])]
+        predicted = [n * engine.hop for n in engine.predict_frames(ids, batch)]
+        made = [a.shape[0] for a in engine.synthesize(batch)]
+        if name == "vits":  # the duration predictor's frames, exactly
+            assert made == predicted
+        else:  # SpeechT5 stops by itself: its bound holds
+            assert all(m <= p for m, p in zip(made, predicted, strict=True))
+
+
+def test_text_is_counted_once_normalised(engines: dict[str, TtsEngine]) -> None:
+    """One character can be many once normalised: U+FDFA is 18 characters of speech."""
+    with pytest.raises(RequestError) as info:
+        engines["vits"].prepare("\ufdfa" * 200)
+    assert "is 3600 characters once normalised (NFKC); the limit is 2000" in info.value.message
+
+
+def test_audio_over_the_budgets_is_refused_before_synthesis(
+    engines: dict[str, TtsEngine],
+) -> None:
+    vits = engines["vits"]
+    text = "Hello there, how are you? Fine, thanks."
+    row = vits.row(text, seed=1)
+    seconds = [vits.seconds(n) for n in row.frames or ()]
+    total = sum(seconds) + TextLimits().sentence_pause_seconds * (len(seconds) - 1)
+    slow = vits.row(text, seed=1, speaking_rate=0.5)
+    assert sum(slow.frames or ()) > 1.5 * sum(row.frames or ())  # slower speech: more audio
+    cases = [
+        ({"max_audio_seconds": total - 0.05}, f"would be {total:.1f} s of audio", "(max_audio"),
+        (
+            {"max_pass_audio_seconds": max(seconds) - 0.01},
+            f"sentence {seconds.index(max(seconds))} would be",
+            "(max_pass_audio_seconds)",
+        ),
+    ]
+    for settings, *expected in cases:
+        tight = limited(vits, **settings)
+        passes = spy_passes(tight)
+        with pytest.raises(RequestError) as info:
+            tight.speak([tight.row(text, seed=1)])
+        assert info.value.message.startswith("input 'text' ")
+        assert all(part in info.value.message for part in expected), info.value.message
+        assert passes == []  # refused before any audio was made
+    assert limited(vits, max_audio_seconds=total + 0.05).row(text, seed=1) == row
+
+
+def test_passes_stay_within_the_audio_budget(engines: dict[str, TtsEngine]) -> None:
+    vits = engines["vits"]
+    rows = [vits.row(text, seed=i) for i, text in enumerate(TEXTS * 3)]
+    longest = max(vits.seconds(n) for row in rows for n in row.frames or ())
+    small = limited(vits, max_pass_audio_seconds=2.5 * longest)
+    passes = spy_passes(small)
+    audio = small.speak(rows)
+    assert len(passes) > 1 and max(passes) <= 2.5 * longest
+    assert_same_audio(audio, vits.speak(rows))
 
 
 def test_option_checks_name_the_input_and_the_limit(engines: dict[str, TtsEngine]) -> None:

@@ -268,3 +268,39 @@ def test_bfloat16_voice_speaks_every_sentence(model_store: Path, engine: PiperEn
     (full,) = engine.speak([engine.row(text, seed=0)])
     for audio in spoken:
         assert np.isfinite(audio).all() and abs(audio.size - full.size) <= 0.25 * full.size
+
+
+def count_passes(engine: PiperEngine, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The rows of every forward pass the engine runs from now on."""
+    made: list[int] = []
+    forward = engine._forward
+
+    def spy(ids: list[list[int]], batch: list[Utterance]) -> list[np.ndarray]:
+        made.append(len(ids))
+        return forward(ids, batch)
+
+    monkeypatch.setattr(engine, "_forward", spy)
+    return made
+
+
+def test_a_sentence_over_the_pass_budget_fails_alone_before_synthesis(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Digits are read as long numbers: 96 characters at half speed are 78 s of audio in one
+    padded pass (+1.6 GB when it ran). The voice's own duration predictor says so before any
+    audio is made, and only that request fails, on `tts` and `tts_stream` alike."""
+    numbers = "1234567 " * 12
+    for model in (TTS, TTS_STREAM):
+        with ModelHarness(model) as tts:
+            made = count_passes(tts.model.engine, monkeypatch)
+            good, bad = tts.execute(
+                [
+                    tts.request(inputs("A good text.", seed=1, speaking_rate=1.0)),
+                    tts.request(inputs(numbers, seed=1, speaking_rate=0.5)),
+                ]
+            )
+            good, bad = (r[-1] if isinstance(r, list) else r for r in (good, bad))
+            assert good.error is None and made == [1]
+            assert bad.code == "INVALID_ARG"
+            assert bad.message.startswith("input 'text' sentence 0 would be 77.")
+            assert "one forward pass holds at most 60 s (max_pass_audio_seconds)" in bad.message

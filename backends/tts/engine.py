@@ -34,7 +34,7 @@ import json
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -123,6 +123,10 @@ class TextLimits:
     max_sentence_chars: int = 300
     sentence_pause_seconds: float = 0.2
     max_batch_sentences: int = 32
+    #: Audio one request may ask for, and audio one padded forward pass may hold (its rows
+    #: times its longest row): memory grows with the second, whatever the text's length.
+    max_audio_seconds: float = 600.0
+    max_pass_audio_seconds: float = 60.0
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> TextLimits:
@@ -132,6 +136,8 @@ class TextLimits:
             max_sentence_chars=settings["max_sentence_chars"],
             sentence_pause_seconds=settings["sentence_pause_seconds"],
             max_batch_sentences=settings["max_batch_sentences"],
+            max_audio_seconds=settings["max_audio_seconds"],
+            max_pass_audio_seconds=settings["max_pass_audio_seconds"],
         )
 
 
@@ -145,6 +151,8 @@ class TtsRow:
     seed: int = 0
     #: Each sentence's model input ids, made by the front end at validation time.
     ids: tuple[tuple[int, ...], ...] | None = None
+    #: Each sentence's predicted output frames (`TtsEngine.predict_frames`), also made then.
+    frames: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +165,8 @@ class Utterance:
     seed: int
     #: The front end's ids for `text`; None: encoded by `synthesize`.
     ids: tuple[int, ...] | None = None
+    #: The predicted output frames; None: predicted by `synthesize`.
+    frames: int | None = None
 
 
 def sentence_seed(seed: int, index: int) -> int:
@@ -199,8 +209,10 @@ def hifigan_context_frames(
 class TtsEngine(ABC):
     """A loaded TTS checkpoint that turns rows of text into waveforms, in batches."""
 
-    #: Set by subclasses: the rate of the waveforms `_forward` returns.
+    #: Set by subclasses: the rate of the waveforms `_forward` returns, and the samples per
+    #: output frame (the vocoder's upsampling).
     sampling_rate: int
+    hop: int
     #: Voice names clients send in `voice`; the first is the default.
     voices: tuple[str, ...]
 
@@ -216,14 +228,16 @@ class TtsEngine(ABC):
     def prepare(self, text: str) -> tuple[str, ...]:
         """The sentences to synthesise for `text`, or INVALID_ARG naming the problem.
 
-        Split first, while the punctuation that marks sentences is there (MMS-TTS's front end
-        drops it), then each sentence goes through the front end; a sentence with nothing
-        speakable left is skipped, and text with none left at all is refused.
+        Characters are counted once normalised (NFKC), on the text that is spoken: one
+        character can stand for many (U+FDFA is 18). Split first, while the punctuation that
+        marks sentences is there (MMS-TTS's front end drops it), then each sentence goes
+        through the front end; a sentence with nothing speakable left is skipped, and text
+        with none left at all is refused.
         """
-        check_length(text, self.limits.max_text_chars)
+        normalized = check_length(normalize_text(text), self.limits.max_text_chars)
         checked = (
             self.front_end.check(sentence)
-            for sentence in split_sentences(normalize_text(text), self.max_sentence_chars)
+            for sentence in split_sentences(normalized, self.max_sentence_chars)
         )
         sentences = tuple(sentence for sentence in checked if is_speakable(sentence))
         if not sentences:
@@ -266,15 +280,43 @@ class TtsEngine(ABC):
         speaking_rate: float | None = None,
         seed: int | None = None,
     ) -> TtsRow:
-        """A validated row from a client's values (None: not given), its sentences encoded."""
+        """A validated row from a client's values (None: not given), its sentences encoded and
+        their audio predicted and checked against the budgets (`check_budget`)."""
         sentences = self.prepare(text)
-        return TtsRow(
+        row = TtsRow(
             sentences=sentences,
             voice=self.check_voice(voice),
             speaking_rate=self.check_speaking_rate(speaking_rate),
             seed=self.check_seed(seed),
             ids=self.encode(sentences),
         )
+        utterances = [_utterance(row, k) for k in range(len(sentences))]
+        ids = [list(u.ids or ()) for u in utterances]
+        frames = tuple(self.predict_frames(ids, utterances))
+        self.check_budget(frames)
+        return replace(row, frames=frames)
+
+    def seconds(self, frames: int) -> float:
+        return frames * self.hop / self.sampling_rate
+
+    def check_budget(self, frames: Sequence[int]) -> None:
+        """Refuse a request whose predicted audio is over `max_audio_seconds` in all, or has a
+        sentence that alone is over what one forward pass may hold (`max_pass_audio_seconds`):
+        checked before any audio is made, since memory grows with the audio, not the text."""
+        limits = self.limits
+        for index, count in enumerate(frames):
+            if self.seconds(count) > limits.max_pass_audio_seconds:
+                raise invalid(
+                    f"input 'text' sentence {index} would be {self.seconds(count):.1f} s of "
+                    f"audio; one forward pass holds at most {limits.max_pass_audio_seconds:g} s "
+                    "(max_pass_audio_seconds): send shorter sentences or a faster speaking_rate"
+                )
+        total = self.seconds(sum(frames)) + limits.sentence_pause_seconds * (len(frames) - 1)
+        if total > limits.max_audio_seconds:
+            raise invalid(
+                f"input 'text' would be {total:.1f} s of audio; the limit is "
+                f"{limits.max_audio_seconds:g} s (max_audio_seconds)"
+            )
 
     def encode(self, sentences: Sequence[str]) -> tuple[tuple[int, ...], ...]:
         """The model input ids of one request's sentences, made while it is validated.
@@ -325,23 +367,45 @@ class TtsEngine(ABC):
     def synthesize(self, utterances: Sequence[Utterance]) -> list[np.ndarray]:
         """One float32 waveform per utterance, at `sampling_rate`.
 
-        Utterances are sorted by token count and run in calls of at most
-        `max_batch_sentences`, so each padded call wastes little on padding. Those without
-        ids (made by hand rather than by `row`) are encoded here first.
+        Utterances are sorted by predicted length and run in padded calls of at most
+        `max_batch_sentences` whose rows times longest row stay within
+        `max_pass_audio_seconds` (`passes`), so each call wastes little on padding and its
+        memory is bounded. Those without ids or frames (made by hand rather than by `row`)
+        are encoded and predicted here first.
         """
         if not utterances:
             return []
         missing = [u.text for u in utterances if u.ids is None]
         encoded = iter(self.front_end.encode(missing) if missing else [])
         ids = [list(next(encoded) if u.ids is None else u.ids) for u in utterances]
-        order = sorted(range(len(utterances)), key=lambda i: len(ids[i]))
-        size = self.limits.max_batch_sentences
+        unknown = [i for i, u in enumerate(utterances) if u.frames is None]
+        predicted = iter(
+            self.predict_frames([ids[i] for i in unknown], [utterances[i] for i in unknown])
+            if unknown
+            else []
+        )
+        frames = [next(predicted) if u.frames is None else u.frames for u in utterances]
         results: dict[int, np.ndarray] = {}
-        for start in range(0, len(order), size):
-            chunk = order[start : start + size]
+        for chunk in self.passes(frames, [len(row) for row in ids]):
             waveforms = self._forward([ids[i] for i in chunk], [utterances[i] for i in chunk])
             results.update(zip(chunk, waveforms, strict=True))
         return [results[i] for i in range(len(utterances))]
+
+    def passes(self, frames: Sequence[int], tokens: Sequence[int]) -> list[list[int]]:
+        """Utterance indices grouped into padded passes, shortest first: at most
+        `max_batch_sentences` each, and rows times longest row within the pass budget (an
+        utterance over it alone, which `check_budget` refuses before it gets here)."""
+        budget = self.limits.max_pass_audio_seconds
+        order = sorted(range(len(frames)), key=lambda i: (frames[i], tokens[i]))
+        passes: list[list[int]] = []
+        current: list[int] = []
+        for i in order:
+            full = len(current) >= self.limits.max_batch_sentences
+            if current and (full or self.seconds((len(current) + 1) * frames[i]) > budget):
+                passes.append(current)
+                current = []
+            current.append(i)
+        return [*passes, current] if current else passes
 
     @classmethod
     @abstractmethod
@@ -351,6 +415,11 @@ class TtsEngine(ABC):
     @abstractmethod
     def _forward(self, ids: list[list[int]], utterances: list[Utterance]) -> list[np.ndarray]:
         """ONE padded forward pass for these rows; each waveform cut to its own length."""
+
+    @abstractmethod
+    def predict_frames(self, ids: list[list[int]], utterances: list[Utterance]) -> list[int]:
+        """Each utterance's output frames (`hop` samples each) before any audio is made: what
+        `_forward` will make for it (VITS: its duration predictor), or a bound (SpeechT5)."""
 
     @abstractmethod
     def describe(self) -> str:
@@ -375,6 +444,7 @@ def _utterance(row: TtsRow, index: int) -> Utterance:
         speaking_rate=row.speaking_rate,
         seed=sentence_seed(row.seed, index),
         ids=None if row.ids is None else row.ids[index],
+        frames=None if row.frames is None else row.frames[index],
     )
 
 

@@ -38,7 +38,7 @@ def tts_params(default_model_path: str) -> list[Param]:
             parse=int,
             minimum=1,
             maximum=100_000,
-            doc="longest text accepted",
+            doc="longest text accepted, counted once normalised (NFKC)",
         ),
         Param(
             "max_sentence_chars",
@@ -55,6 +55,23 @@ def tts_params(default_model_path: str) -> list[Param]:
             minimum=0.0,
             maximum=5.0,
             doc="silence between the sentences of one text",
+        ),
+        Param(
+            "max_audio_seconds",
+            600.0,
+            parse=float,
+            minimum=1.0,
+            maximum=86_400.0,
+            doc="most audio one request may ask for, predicted before synthesis",
+        ),
+        Param(
+            "max_pass_audio_seconds",
+            60.0,
+            parse=float,
+            minimum=1.0,
+            maximum=86_400.0,
+            doc="most audio one padded forward pass holds (rows x longest row; bounds memory); "
+            "a longer sentence is refused",
         ),
         Param(
             "max_batch_sentences",

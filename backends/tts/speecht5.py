@@ -167,6 +167,25 @@ class SpeechT5Engine(TtsEngine):
             waveform = self.vocoder(padded).float().cpu().numpy()
         return [waveform[r, : n * self.hop].copy() for r, n in enumerate(frames)]
 
+    def predict_frames(self, ids: list[list[int]], utterances: list[Utterance]) -> list[int]:
+        """A bound, not a prediction: the decoder stops by its own stop probability, known only
+        once it runs, but never after `maxlenratio` steps per token or its positional table
+        (`_decode`); each step makes `reduction_factor` frames, then `_stretch` rescales them."""
+        config = self.model.config
+        reduction = config.reduction_factor
+        limit = config.max_speech_positions - 1
+        return [
+            max(
+                1,
+                round(
+                    min(int(len(row) * self.maxlenratio / reduction), limit)
+                    * reduction
+                    / u.speaking_rate
+                ),
+            )
+            for row, u in zip(ids, utterances, strict=True)
+        ]
+
     def _pad_id(self) -> int:
         pad = self.model.config.pad_token_id
         return 0 if pad is None else int(pad)

@@ -24,6 +24,7 @@ batching here unchanged.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,17 @@ from backends.tts.engine import (
 from shared.loading import Loaded, LoadPlan, load_pretrained
 from shared.logs import quiet_repeated_warnings
 from shared.quantization import Placement
+
+
+@dataclass(frozen=True)
+class _Durations:
+    """What the text encoder and the duration predictor give a batch (torch tensors)."""
+
+    encoded: Any  # the text encoder's output (prior means and log-variances)
+    speakers: Any  # the rows' speaker embeddings, or None
+    padding_mask: Any  # (rows, 1, tokens)
+    duration: Any  # frames per token, (rows, 1, tokens)
+    frames: Any  # frames per row, (rows,)
 
 
 class VitsEngine(TtsEngine):
@@ -127,30 +139,41 @@ class VitsEngine(TtsEngine):
     def _forward(self, ids: list[list[int]], utterances: list[Utterance]) -> list[np.ndarray]:
         import torch
 
+        input_ids, mask, generators = self._inputs(ids, utterances)
+        with torch.inference_mode():
+            waveform, samples = self._synthesize(input_ids, mask, utterances, generators)
+        waveform = waveform.float().cpu().numpy()
+        return [waveform[r, :n].copy() for r, n in enumerate(samples)]
+
+    def predict_frames(self, ids: list[list[int]], utterances: list[Utterance]) -> list[int]:
+        """The frames the duration predictor gives each row: exactly what `_forward` makes,
+        since each row draws its noise from its own generator (the text encoder and the
+        predictor are a small part of the work; the flow and the vocoder are not run)."""
+        import torch
+
+        input_ids, mask, generators = self._inputs(ids, utterances)
+        with torch.inference_mode():
+            durations = self._durations(input_ids, mask, utterances, generators)
+        return [int(n) for n in durations.frames.tolist()]
+
+    def _inputs(self, ids: list[list[int]], utterances: list[Utterance]) -> tuple[Any, Any, Any]:
+        """Padded ids, their mask, and a generator per row seeded from its utterance."""
+        import torch
+
         device = self.model.device
-        lengths = [len(row) for row in ids]
-        input_ids = torch.zeros((len(ids), max(lengths)), dtype=torch.long)
+        input_ids = torch.zeros((len(ids), max(len(row) for row in ids)), dtype=torch.long)
         mask = torch.zeros_like(input_ids)
         for r, row in enumerate(ids):
             input_ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
             mask[r, : len(row)] = 1
         generators = [torch.Generator(device=device).manual_seed(u.seed) for u in utterances]
-        with torch.inference_mode():
-            waveform, samples = self._synthesize(
-                input_ids.to(device), mask.to(device), utterances, generators
-            )
-        waveform = waveform.float().cpu().numpy()
-        return [waveform[r, :n].copy() for r, n in enumerate(samples)]
+        return input_ids.to(device), mask.to(device), generators
 
-    def _synthesize(
+    def _durations(
         self, input_ids: Any, mask: Any, utterances: list[Utterance], generators: list[Any]
-    ) -> tuple[Any, list[int]]:
-        """VitsModel.forward for a batch of independent rows (see the module docstring).
-
-        Returns the padded waveforms (rows x samples) and each row's own sample count.
-        """
+    ) -> _Durations:
+        """The first half of VitsModel.forward: text encoder, then each token's frames."""
         import torch
-        from torch import nn
 
         model = self.model
         config = model.config
@@ -190,6 +213,29 @@ class VitsEngine(TtsEngine):
         length_scale = (1.0 / (model.speaking_rate * rates)).view(rows, 1, 1)
         duration = torch.ceil(torch.exp(log_duration.float()) * padding_mask.float() * length_scale)
         frames = torch.clamp_min(torch.sum(duration, [1, 2]), 1).long()
+        return _Durations(encoded, speakers, padding_mask, duration, frames)
+
+    def _synthesize(
+        self, input_ids: Any, mask: Any, utterances: list[Utterance], generators: list[Any]
+    ) -> tuple[Any, list[int]]:
+        """VitsModel.forward for a batch of independent rows (see the module docstring).
+
+        Returns the padded waveforms (rows x samples) and each row's own sample count.
+        """
+        import torch
+        from torch import nn
+
+        model = self.model
+        device = input_ids.device
+        dtype = model.text_encoder.embed_tokens.weight.dtype
+        rows = input_ids.shape[0]
+        durations = self._durations(input_ids, mask, utterances, generators)
+        encoded, speakers = durations.encoded, durations.speakers
+        padding_mask, duration, frames = (
+            durations.padding_mask,
+            durations.duration,
+            durations.frames,
+        )
 
         # Expand the prior over the predicted frames, exactly as VitsModel.forward does.
         indices = torch.arange(int(frames.max()), dtype=frames.dtype, device=device)
