@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import soundfile as sf
+import soxr
 
 from shared.audio import decode_audio
 from shared.errors import ErrorCode, RequestError
@@ -86,6 +88,59 @@ def test_truncated_file_is_rejected_or_shorter_never_garbage() -> None:
     data = encode(tone(1.0, RATE), RATE, fmt="FLAC")
     with pytest.raises(RequestError):
         decode_audio(data[:40], **LIMITS)
+
+
+def test_a_header_over_the_sample_budget_is_refused_before_decoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Frames x channels from the header: a small FLAC of silence can declare hundreds of MB."""
+    data = encode(np.zeros((48_000, 8), np.float32), 48_000, fmt="FLAC")
+    reads: list[int] = []
+    read = sf.SoundFile.read
+    monkeypatch.setattr(
+        sf.SoundFile, "read", lambda self, *a, **k: reads.append(1) or read(self, *a, **k)
+    )
+    message = error_of(data, max_samples=200_000).message
+    assert "would decode to 384000 samples (48000 frames x 8 channels at 48000 Hz)" in message
+    assert "the limit is 200000 (max_audio_samples)" in message
+    assert reads == []
+
+
+def test_absurd_sample_rates_are_refused() -> None:
+    wav = bytearray(encode(tone(0.1, RATE), RATE))
+    wav[24:28] = (2_000_000_000).to_bytes(4, "little")  # the fmt chunk's sample rate
+    message = error_of(bytes(wav)).message
+    assert "declares a sample rate of 2000000000 Hz; allowed: 1000 to 384000 Hz" in message
+
+
+def test_a_truncated_wav_is_refused_not_transcribed_as_if_whole() -> None:
+    whole = encode(tone(3.7, RATE), RATE)  # 16-bit mono: 2 bytes a frame, 44 bytes of header
+    cut = whole[: 44 + 2 * int(0.04 * RATE)]
+    message = error_of(cut).message
+    assert message == (
+        "input 'audio' is a truncated WAV file: its header declares 3.70 s of audio; "
+        "0.04 s are present"
+    )
+    assert decode_audio(whole, **LIMITS).shape[0] == int(3.7 * RATE)
+
+
+@pytest.mark.parametrize("value", [1e30, -40.0])
+def test_samples_far_beyond_full_scale_are_refused(value: float) -> None:
+    samples = tone(0.5, RATE)
+    samples[200] = value
+    message = error_of(encode(samples, RATE, subtype="FLOAT")).message
+    assert (
+        f"has samples of magnitude {abs(value):.3g}; the limit is 16 (full scale is 1)" in message
+    )
+
+
+def test_block_decoding_equals_decoding_the_whole_file() -> None:
+    """Several blocks, downmixed and resampled as they come: what one pass over it gives."""
+    rate = 44_100
+    left, right = tone(4.0, rate), tone(4.0, rate)[::-1].copy()
+    data = encode(np.stack([left, right], axis=1), rate, subtype="FLOAT")
+    whole = soxr.resample((left + right) / 2, rate, RATE, quality="HQ")
+    np.testing.assert_allclose(decode_audio(data, **LIMITS), whole, atol=1e-6)
 
 
 # --- Encoding synthesised speech (shared.audio.encode_speech and friends) -------------------

@@ -35,7 +35,12 @@ def stt(model_store: Path) -> Iterator[ModelHarness]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MODEL_STORE", str(model_store))
         harness = ModelHarness(
-            STT, parameters={"model_path": "whisper-tiny-random", "max_audio_seconds": "60"}
+            STT,
+            parameters={
+                "model_path": "whisper-tiny-random",
+                "max_audio_seconds": "60",
+                "max_audio_samples": "2000000",
+            },
         ).load()
         yield harness
         harness.finalize()
@@ -78,6 +83,15 @@ def test_bad_requests_fail_alone_with_invalid_arg(stt: ModelHarness) -> None:
         ),
         "utf-8": ({**good, "task": np.array([[b"\xff\xfe"]], dtype=np.object_)}, "not valid UTF-8"),
         "long": (audio(encode(np.zeros(16_000 * 61, dtype=np.float32), 16_000)), "limit is 60 s"),
+        "truncated": (audio(clip(3.7, 1)[: 44 + 1280]), "is a truncated WAV file"),
+        "bomb": (
+            audio(encode(np.zeros((384_000, 8), dtype=np.float32), 384_000, fmt="FLAC")),
+            "(max_audio_samples)",
+        ),
+        "huge-samples": (
+            audio(encode(np.full(1600, 1e30, dtype=np.float32), 16_000, subtype="FLOAT")),
+            "has samples of magnitude 1e+30",
+        ),
         "missing": (
             {"language": np.array([[b"en"]], dtype=np.object_)},
             "input 'audio' is required",

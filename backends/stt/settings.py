@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from shared.audio import MAX_SAMPLES
 from shared.params import Param, load_params
 
 
@@ -11,5 +12,13 @@ def stt_params(default_model_path: str) -> list[Param]:
         *load_params(default_model_path=default_model_path),
         Param("max_audio_seconds", 1800.0, parse=float, minimum=1.0, doc="longest accepted audio"),
         Param("max_audio_bytes", 64 << 20, parse=int, minimum=1024, doc="largest accepted file"),
+        Param(
+            "max_audio_samples",
+            MAX_SAMPLES,
+            parse=int,
+            minimum=16_000,
+            doc="most samples (frames x channels) a file may decode to, read from its header "
+            "before decoding",
+        ),
         Param("max_new_tokens", 440, parse=int, minimum=1, doc="upper bound per 30 s window"),
     ]

@@ -38,6 +38,7 @@ class TritonPythonModel(UnaryModel[WhisperEngine, SttRow, Transcription]):
                     target_rate=engine.sampling_rate,
                     max_seconds=self.settings["max_audio_seconds"],
                     max_bytes=max_bytes,
+                    max_samples=self.settings["max_audio_samples"],
                 ),
                 language=engine.check_language(language[i]),
                 task=engine.check_task(task[i]),
