@@ -26,8 +26,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
+S = TypeVar("S", bound="ServerProcess")
 
 
 def free_port() -> int:
@@ -64,9 +66,84 @@ def server_environment(model_store: Path, base: dict[str, str] | None = None) ->
     return env
 
 
+class ServerProcess:
+    """A server run as a process of its own group: started with its log, awaited until ready,
+    stopped with SIGTERM (SIGKILL after `timeout`); a context manager. Subclasses (tritonserver
+    here, the OpenAI door in tools.openai_door) say what to run and how readiness is seen."""
+
+    name = "server"
+    process: subprocess.Popen[bytes] | None
+    log_path: Path | None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def is_ready(self) -> bool:
+        raise NotImplementedError
+
+    def start(self: S) -> S:
+        out = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - owned by Popen
+        self.process = subprocess.Popen(
+            self.command(),
+            env=self.environment(),
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+        )
+        if out:
+            out.close()
+        return self
+
+    def wait_ready(self, timeout: float = 600.0) -> None:
+        """Block until the server is ready; raise if the process dies or time runs out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with code {self.process.returncode} before it was ready"
+                    + (f"; see {self.log_path}" if self.log_path else "")
+                )
+            if self.is_ready():
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"{self.name} not ready after {timeout:.0f} s")
+
+    def stop(self, timeout: float = 60.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def __enter__(self: S) -> S:
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
 @dataclass
-class LocalTritonServer:
+class LocalTritonServer(ServerProcess):
     """A tritonserver process; a context manager that waits for readiness and stops it."""
+
+    name = "tritonserver"
 
     model_repository: Path = ROOT / "model_repository"
     model_store: Path = field(
@@ -121,20 +198,8 @@ class LocalTritonServer:
             cmd += [f"--load-model={name}" for name in self.models]
         return cmd + self.extra_args
 
-    def start(self) -> LocalTritonServer:
-        env = server_environment(self.model_store)
-        env.update(self.env_overrides)
-        out = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - owned by Popen
-        self.process = subprocess.Popen(
-            self.command(),
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT if out else None,
-            start_new_session=True,
-        )
-        if out:
-            out.close()
-        return self
+    def environment(self) -> dict[str, str]:
+        return {**server_environment(self.model_store), **self.env_overrides}
 
     def is_ready(self) -> bool:
         try:
@@ -142,47 +207,6 @@ class LocalTritonServer:
                 return r.status == 200
         except (urllib.error.URLError, OSError):
             return False
-
-    def wait_ready(self, timeout: float = 600.0) -> None:
-        """Block until /v2/health/ready answers 200; raise if the process dies or time runs out."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(
-                    f"tritonserver exited with code {self.process.returncode} before it was ready"
-                    + (f"; see {self.log_path}" if self.log_path else "")
-                )
-            if self.is_ready():
-                return
-            time.sleep(0.5)
-        raise TimeoutError(f"tritonserver not ready after {timeout:.0f} s")
-
-    def stop(self, timeout: float = 60.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-    def __enter__(self) -> LocalTritonServer:
-        self.start()
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,6 +219,15 @@ def main(argv: list[str] | None = None) -> int:
         "--metrics-port", type=int, default=int(os.environ.get("PORT_METRICS", 8002))
     )
     parser.add_argument("--model", action="append", dest="models", help="serve only these models")
+    parser.add_argument(
+        "--openai-port",
+        type=int,
+        default=int(os.environ.get("OPENAI_PORT") or 9000),
+        help="the OpenAI-compatible door's port (OPENAI_PORT, 9000); 0 turns it off",
+    )
+    parser.add_argument(
+        "--no-openai", action="store_true", help="serve Triton alone, without the OpenAI door"
+    )
     parser.add_argument("extra", nargs="*", help="further tritonserver arguments (after --)")
     args = parser.parse_args(argv)
     server = LocalTritonServer(
@@ -209,27 +242,47 @@ def main(argv: list[str] | None = None) -> int:
     def forward(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
+    from tools.openai_door import OpenAIDoor  # here: that module builds on this one
+
+    door = None
+    if args.openai_port and not args.no_openai:
+        door = OpenAIDoor(
+            triton_url=server.grpc_url,
+            port=args.openai_port,
+            address=args.address,
+            models=args.models,
+        )
+
     signal.signal(signal.SIGTERM, forward)
     server.start()
     try:
         server.wait_ready()
+        if door is not None:
+            door.start().wait_ready()
         print(
             f"\ntritonserver is ready\n"
             f"  HTTP:    http://localhost:{server.http_port}   (curl localhost:{server.http_port}/v2/health/ready)\n"
             f"  gRPC:    localhost:{server.grpc_port}\n"
             f"  metrics: http://localhost:{server.metrics_port}/metrics\n"
-            f"Ctrl-C stops it.",
+            + (f"  OpenAI:  {door.url}/v1   (docs/openai.md)\n" if door else "")
+            + "Ctrl-C stops it.",
             flush=True,
         )
-        assert server.process is not None
-        return server.process.wait()
+        # Serve until one of them exits (a crash of either ends both).
+        watched = [server.process, door.process if door else None]
+        processes = [p for p in watched if p is not None]
+        while all(p.poll() is None for p in processes):
+            time.sleep(0.5)
+        return next(p.returncode for p in processes if p.returncode is not None)
     except KeyboardInterrupt:
-        print("\nstopping tritonserver", flush=True)
+        print("\nstopping tritonserver" + (" and the OpenAI door" if door else ""), flush=True)
         return 0
     except (RuntimeError, TimeoutError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
+        if door is not None:
+            door.stop()  # first: it holds streams open to Triton
         server.stop()
 
 
