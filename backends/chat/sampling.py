@@ -203,7 +203,7 @@ class _Row:
         pending = self.held + piece
         if stops:
             # Search only where a stop string can newly end: the held text and the new piece.
-            cut = min((i for s in stops if (i := pending.find(s)) >= 0), default=-1)
+            cut = _first_stop(pending, stops)
             if cut >= 0:
                 self.held = ""
                 self._emit(pending[:cut])
@@ -228,6 +228,18 @@ class _Row:
         self.text += text
         if self.sink is not None:
             self.sink.send(text)
+
+
+def _first_stop(text: str, stops: Sequence[str]) -> int:
+    """Where the stop string that completes first in `text` starts (-1: none does).
+
+    The one that completes first, not the one that starts first: generation stops as soon as
+    a stop string is whole, so the text must not depend on how the tokens cut it into pieces
+    ("c", "é", "c" with stops "é" and "céc" stops at "é" whether it comes whole or not).
+    Among those completing together, the longest (the earliest start) is cut.
+    """
+    found = [(i + len(s), i) for s in stops if (i := text.find(s)) >= 0]
+    return min(found)[1] if found else -1
 
 
 def _partial_stop_length(text: str, stops: Sequence[str]) -> int:
