@@ -329,3 +329,36 @@ def test_api_keys_are_checked_only_when_configured() -> None:
     assert call(guarded, {"authorization": "Bearer secret"}, [b""])[0]["status"] == 200
     assert call(guarded, {}, [b""], path="/health")[0]["status"] == 200
     assert call(ApiKeys(reader, frozenset()), {}, [b""])[0]["status"] == 200
+
+
+# --- the door benchmark's bookkeeping (tools/loadtest/door.py) -----------------------------------
+
+
+def test_a_chunk_is_joined_end_to_end_with_its_series() -> None:
+    from tools.loadtest.door import shifted
+    from tools.loadtest.stats import Timing, summarize
+
+    first = [Timing(0, (100,)), Timing(100, (250,))]
+    later = shifted([Timing(10_000, (10_050,)), Timing(10_050, (10_150,))], start_ns=250)
+    assert later == [Timing(250, (300,)), Timing(300, (400,))]
+    # Throughput counts the series' own sending time, not the other series' turn in between.
+    assert summarize(first + later)["seconds"] == 400 / 1e9
+
+
+def test_the_ratios_are_added_latency_and_throughput() -> None:
+    from tools.loadtest.door import ratios
+
+    direct = [
+        {"concurrency": 1, "p50_ms": 100.0, "throughput": 10.0, "answers": {"0": "a", "1": "b"}},
+        {"concurrency": 16, "p50_ms": 500.0, "throughput": 30.0},
+    ]
+    door = [
+        {"concurrency": 1, "p50_ms": 101.5, "throughput": 9.9, "answers": {"0": "a", "1": "c"}},
+        {"concurrency": 16, "p50_ms": 510.0, "throughput": 29.4},
+    ]
+    assert ratios(direct, door) == {
+        "p50 latency added by the door at concurrency 1 (ms)": 1.5,
+        "identical answers at concurrency 1 (share of prompts)": 0.5,
+        "throughput door / direct at concurrency 16": 0.98,
+        "p50 latency added by the door at concurrency 16 (ms)": 10.0,
+    }

@@ -6,6 +6,7 @@
   overhead      Triton-served throughput against the model's in-process ceiling
   baseline      Triton against a per-request FastAPI + transformers server, same load
   peers         Triton against llama.cpp's llama-server on the same weights, same load
+  door          the OpenAI-compatible door against direct gRPC, same server and load
   numerics      the model in-process per quantization:dtype: speed, identical answers, WER
   bench-stt     the speech-to-text benchmark (in-process, served, quantizations, CTranslate2)
   bench-tts     the text-to-speech benchmark (real-time factor, time to first audio)
@@ -26,7 +27,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from . import baseline, benchmarks, build_peers, peers, run, tts, vlm
+from . import baseline, benchmarks, build_peers, door, peers, run, tts, vlm
 from .options import add_load_options, add_local_options
 from .server import NotReady
 from .stt import cli as stt
@@ -49,6 +50,7 @@ LOAD_COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None] |
         peers.add_arguments,
     ),
     ("numerics", "the model in-process per quantization:dtype: speed, answers, WER", None),
+    ("door", "the OpenAI door vs. direct gRPC on one server (local servers)", None),
 )
 #: The benchmarks with options of their own: name, module (its docstring is the help).
 BENCHMARKS = (
@@ -62,6 +64,7 @@ HANDLERS: dict[str, Handler] = {
     **benchmarks.COMMANDS,
     "baseline": baseline.cmd_baseline,
     "peers": peers.cmd_peers,
+    "door": door.cmd_door,
     **{name: module.main for name, module in BENCHMARKS},
 }
 

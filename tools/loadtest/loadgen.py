@@ -156,6 +156,26 @@ class OpenAiChatTarget(HttpJsonTarget):
         )
 
 
+class OpenAiTranscriptionTarget(HttpJsonTarget):
+    """An OpenAI-compatible `/v1/audio/transcriptions` endpoint: each sample's audio uploaded
+    as the multipart `file`, model `whisper-1`, answered as JSON."""
+
+    def body(self, sample: Sample) -> dict[str, Any]:
+        return {"audio": sample.inputs["audio"]}
+
+    async def send(self, index: int) -> Answer | None:
+        import aiohttp
+
+        form = aiohttp.FormData()
+        form.add_field("model", "whisper-1")
+        form.add_field("file", self.bodies[index]["audio"], filename="clip.wav")
+        async with self.session.post(self.url, data=form) as response:
+            body = await response.read()
+            if response.status != 200:
+                raise RuntimeError(f"{self.url}: HTTP {response.status}: {body[:300]!r}")
+        return None
+
+
 @dataclass
 class Level:
     """What one level of the closed loop saw: every request's times and, for text models, its
