@@ -285,6 +285,28 @@ def test_wav_speech_streams_from_tts_stream_and_speed_shortens_it(served: Served
     assert voices["alloy"] == "0"
 
 
+def test_speech_as_server_sent_events(served: Served) -> None:
+    with served.client().audio.speech.with_streaming_response.create(
+        model="tts-1",
+        voice="alloy",
+        input=SPOKEN,
+        response_format="pcm",
+        extra_body={"stream_format": "sse"},
+    ) as response:
+        events = [
+            json.loads(line[len("data: ") :])
+            for line in response.iter_lines()
+            if line.startswith("data: ")
+        ]
+    assert [e["type"] for e in events] == ["speech.audio.delta"] * (len(events) - 1) + [
+        "speech.audio.done"
+    ]
+    assert len(events) > 2, "one delta per sentence"
+    pcm = b"".join(base64.b64decode(e["audio"]) for e in events[:-1])
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768
+    assert word_error_rate(SPOKEN, hear(served, encode(samples, 24000), "speech.wav")) <= 0.2
+
+
 # --- errors --------------------------------------------------------------------------------------
 
 
