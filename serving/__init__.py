@@ -9,6 +9,7 @@ tested and benchmarked in-process. `tests/test_layers.py` holds the rule.
 - `batch`, `streaming`: the unary and the decoupled execution patterns;
 - `tensors`: request inputs to Python values, Python values to output tensors;
 - `errors`: per-request errors as Triton errors, and their Prometheus counter;
+- `metrics`: every Prometheus metric the models export, defined once;
 - `chat`, `tts`: what the chat and the TTS models share on the Triton side;
 - `protocols`: the shapes of the pb_utils objects this package passes around.
 """

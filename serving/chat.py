@@ -1,7 +1,7 @@
 """The Triton side of the chat models (`vlm`, `vlm_stream`, `llm`): tensors in and out.
 
 It reads a request into one `ChatRequest` per row, turns completions into output tensors,
-adapts requests and streams to the engine's `RowSink`, keeps the generation metrics, and is the
+adapts requests and streams to the engine's `RowSink`, records the generation metrics, and is the
 whole model of the unary chat models (`UnaryChatModel`), which differ only in their settings.
 
 Inputs with a variable count per row (`images`, `stop`) have dims [-1]: a request of R rows
@@ -11,13 +11,15 @@ padding and is skipped, which lets rows carry fewer.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import triton_python_backend_utils as pb_utils
 
+from backends.chat.sampling import DecodeTotals
 from backends.chat.service import ChatRow, ChatService
-from serving import tensors
+from serving import metrics, tensors
 from serving.adapters import ServedModel, UnaryModel
 from serving.errors import cancelled_response
 from serving.protocols import Request, Response
@@ -108,54 +110,73 @@ class StreamSink:
 
 
 class GenerationMetrics:
-    """Prometheus counters of what the chat models generate and what clients cancel.
+    """What the chat models generate, how fast, and what clients cancel (`serving.metrics`).
 
     Tokens generated for a cancelled request are counted too: they are the cost a
-    cancellation did not save, which is what shows that generation stops.
+    cancellation did not save, which is what shows that generation stops. Latencies count
+    from the start of execute(): the time a request waited in Triton's queue before it is
+    Triton's own `nv_inference_queue_duration_us`.
     """
 
-    TOKENS = "multimodal_generated_tokens_total"
-    CANCELLED = "multimodal_generation_cancelled_total"
+    TOKENS = metrics.GENERATED_TOKENS.name
+    CANCELLED = metrics.GENERATION_CANCELLED.name
 
-    def __init__(self, model_name: str) -> None:
+    def __init__(self, model_name: str, instance: str) -> None:
         self._model = model_name
-        labels = {"model": model_name}
-        # The families must outlive their metrics (Triton deletes a family's series with it).
-        self._families = [
-            pb_utils.MetricFamily(
-                name=self.TOKENS,
-                description="Tokens generated, cancelled requests included",
-                kind=pb_utils.MetricFamily.COUNTER,
-            ),
-            pb_utils.MetricFamily(
-                name=self.CANCELLED,
-                description="Requests whose generation stopped because the client cancelled",
-                kind=pb_utils.MetricFamily.COUNTER,
-            ),
-        ]
-        self._tokens, self._cancelled = (f.Metric(labels=labels) for f in self._families)
+        self._first_token = metrics.Family(metrics.FIRST_TOKEN, model_name)
+        self._per_token = metrics.Family(metrics.PER_TOKEN, model_name)
+        self._prompt_tokens = metrics.Family(metrics.PROMPT_TOKENS, model_name)
+        self._tokens = metrics.Family(metrics.GENERATED_TOKENS, model_name)
+        self._completions = metrics.Family(metrics.COMPLETIONS, model_name)
+        self._cancelled = metrics.Family(metrics.GENERATION_CANCELLED, model_name)
+        self._steps = metrics.Family(metrics.DECODE_STEPS, model_name)
+        self._step_rows = metrics.Family(metrics.DECODE_STEP_ROWS, model_name)
+        self._sessions = metrics.Family(metrics.SESSIONS, model_name, instance=instance)
+        self._session_bytes = metrics.Family(metrics.SESSION_BYTES, model_name, instance=instance)
+        self._decode_seen = DecodeTotals()
 
-    def record(self, completions: Sequence[Completion]) -> None:
+    def record(
+        self, completions: Sequence[Completion], service: ChatService, started: float
+    ) -> None:
+        """One engine call's completions; `started`: when its execute() began."""
+        reasons: Counter[str] = Counter()
         for completion in completions:
-            if completion.completion_tokens:
-                self._tokens.increment(completion.completion_tokens)
+            reasons[completion.finish_reason] += 1
+            first, last = completion.first_token_at, completion.last_token_at
+            if first is not None:
+                self._first_token.observe(first - started)
+            if last is not None and first is not None and completion.completion_tokens > 1:
+                self._per_token.observe((last - first) / (completion.completion_tokens - 1))
             if completion.finish_reason == "cancelled":
-                self._cancelled.increment(1)
                 pb_utils.Logger.log_info(
                     f"{self._model}: the client cancelled; generation stopped after "
                     f"{completion.completion_tokens} tokens"
                 )
+        self._prompt_tokens.increment(sum(c.prompt_tokens for c in completions))
+        self._tokens.increment(sum(c.completion_tokens for c in completions))
+        for reason, count in reasons.items():
+            self._completions.increment(count, reason=reason)
+        self._cancelled.increment(reasons["cancelled"])
+        totals = service.decode_totals
+        self._steps.increment(totals.steps - self._decode_seen.steps)
+        self._step_rows.increment(totals.rows - self._decode_seen.rows)
+        self._decode_seen = DecodeTotals(totals.steps, totals.rows)
+        self._sessions.set(len(service.sessions))
+        self._session_bytes.set(service.sessions.size_bytes)
 
 
 class ChatModel(ServedModel[ChatService]):
-    """What the three chat models share: the chat service, and counters of what it generates."""
+    """What the three chat models share: the chat service, and metrics of what it generates."""
 
     metrics: GenerationMetrics
     load_engine = staticmethod(ChatService.load)
 
     def start_metrics(self) -> None:
         super().start_metrics()
-        self.metrics = GenerationMetrics(self.name)
+        self.metrics = GenerationMetrics(self.name, self.instance)
+
+    def record(self, completions: Sequence[Completion]) -> None:
+        self.metrics.record(completions, self.engine, self.started)
 
     def chat_requests(self, request: Request) -> list[ChatRequest]:
         return read_chat_requests(request, self.settings)
@@ -172,7 +193,7 @@ class UnaryChatModel(ChatModel, UnaryModel[ChatService, tuple[ChatRow, RequestSi
 
     def run(self, rows: list[tuple[ChatRow, RequestSink]]) -> list[Completion]:
         completions = self.engine.run([row for row, _ in rows], [sink for _, sink in rows])
-        self.metrics.record(completions)
+        self.record(completions)
         return completions
 
     def respond(self, request: Request, completions: list[Completion]) -> Response:

@@ -1,4 +1,4 @@
-"""Per-request errors as Triton sees them, and the counter operators read them from.
+"""Per-request errors as Triton sees them, and the counters operators read them from.
 
 Engines and the library raise `shared.errors.RequestError` (a message and a code, no Triton);
 here it becomes the `pb_utils.TritonError` of that one request. Unexpected exceptions become
@@ -14,6 +14,7 @@ from typing import Any
 
 import triton_python_backend_utils as pb_utils
 
+from serving import metrics
 from serving.protocols import Response
 from shared.errors import ErrorCode, RequestError
 
@@ -33,22 +34,20 @@ def cancelled_response() -> Any:
 
 
 class ErrorCounter:
-    """A Prometheus counter of requests answered with an error, by model and code.
+    """Prometheus counters of requests answered with an error (by model and code), and of
+    requests whose client cancelled.
 
     Triton counts a response that carries a TritonError as a success in its own
     `nv_inference_request_success`; this counter is how operators see per-request failures.
+    A CANCELLED answer is also a cancellation; a stream whose client left while it ran is
+    counted as one by `serving.streaming.Stream`, with no error (its client hears nothing).
     """
 
-    NAME = "multimodal_request_errors_total"
+    NAME = metrics.ERRORS.name
 
     def __init__(self, model_name: str) -> None:
-        self._model = model_name
-        self._family = pb_utils.MetricFamily(
-            name=self.NAME,
-            description="Requests answered with an error, by model and Triton error code",
-            kind=pb_utils.MetricFamily.COUNTER,
-        )
-        self._metrics: dict[str, Any] = {}
+        self._errors = metrics.Family(metrics.ERRORS, model_name)
+        self._cancelled = metrics.Family(metrics.CANCELLED, model_name)
         # Built here, in initialize(), not at import: Triton imports model.py (and so this
         # module) for auto-complete before the C++ half of pb_utils, TritonError included, exists.
         self._names = {getattr(pb_utils.TritonError, code.value): code.value for code in ErrorCode}
@@ -59,11 +58,12 @@ class ErrorCounter:
                 self.count(self._names.get(response.error().code(), "UNKNOWN"))
 
     def count(self, code: str) -> None:
-        metric = self._metrics.get(code)
-        if metric is None:
-            metric = self._family.Metric(labels={"model": self._model, "code": code})
-            self._metrics[code] = metric
-        metric.increment(1)
+        self._errors.increment(1, code=code)
+        if code == ErrorCode.CANCELLED.value:
+            self.count_cancelled()
+
+    def count_cancelled(self) -> None:
+        self._cancelled.increment(1)
 
 
 class SplitCounter:
@@ -73,18 +73,13 @@ class SplitCounter:
     count that keeps growing means a request keeps poisoning batches, or the engine is broken.
     """
 
-    NAME = "multimodal_batch_splits_total"
+    NAME = metrics.SPLITS.name
 
     def __init__(self, model_name: str) -> None:
-        self._family = pb_utils.MetricFamily(
-            name=self.NAME,
-            description="Failed engine calls retried as two smaller ones, by model",
-            kind=pb_utils.MetricFamily.COUNTER,
-        )
-        self._metric = self._family.Metric(labels={"model": model_name})
+        self._family = metrics.Family(metrics.SPLITS, model_name)
 
     def count(self) -> None:
-        self._metric.increment(1)
+        self._family.increment(1)
 
 
 def log_exception(model_name: str, stage: str, exc: Exception) -> None:

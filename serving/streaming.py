@@ -66,6 +66,8 @@ class Stream:
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         if self._sender.is_cancelled():
             self._sender.send(flags=final)  # the client is gone; this only frees the request
+            if self._errors is not None:
+                self._errors.count_cancelled()
         elif output_tensors:
             self._sender.send(tensors.response(*output_tensors), flags=final)
             self.sent += 1

@@ -1,8 +1,8 @@
 """The Triton side of the TTS models: request parsing and output tensors.
 
 `tts` (one response per request) and `tts_stream` (audio sentence by sentence) take the same
-inputs and answer with the same tensors; this module holds them once, so each `model.py` is
-only its execution pattern.
+inputs, answer with the same tensors and record the same metrics; this module holds them once,
+so each `model.py` is only its execution pattern.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from backends.tts.engine import TtsEngine, TtsRow
-from serving import tensors
+from serving import metrics, tensors
 from serving.protocols import Request
 from shared.audio import check_output_format, check_output_rate, encode_speech, resample
 from shared.errors import invalid
@@ -72,3 +72,23 @@ def output_tensors(
         )
         rates.append(rate)
     return [tensors.bytes_tensor("audio", encoded), tensors.int_tensor("sample_rate", rates)]
+
+
+class SpeechMetrics:
+    """Audio out, its real-time factor, and on streams the time to first audio."""
+
+    def __init__(self, model_name: str, streams: bool = False) -> None:
+        self.audio = metrics.AudioMetrics(model_name)
+        self.first_audio = metrics.Family(metrics.FIRST_AUDIO, model_name) if streams else None
+
+    def spoken(self, engine: TtsEngine, waveforms: Sequence[np.ndarray], elapsed: float) -> None:
+        """One unary request's waveforms, answered `elapsed` seconds into execute()."""
+        self.audio.record(sum(w.shape[0] for w in waveforms) / engine.sampling_rate, elapsed)
+
+    def piece(self, engine: TtsEngine, sent: float, waveform: np.ndarray, elapsed: float) -> float:
+        """A stream's next piece, after `sent` seconds of audio; the seconds sent with it."""
+        if sent == 0 and self.first_audio is not None:
+            self.first_audio.observe(elapsed)
+        seconds = waveform.shape[0] / engine.sampling_rate
+        self.audio.seconds.increment(seconds)
+        return sent + seconds

@@ -26,7 +26,7 @@ import binascii
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
@@ -83,6 +83,10 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     token_ids: tuple[int, ...] = ()  # what was generated (for tests and logs, not sent)
+    #: time.perf_counter() at the first and the last token (None: no token), for the
+    #: latency metrics; timings, not results, so two completions compare without them.
+    first_token_at: float | None = field(default=None, compare=False)
+    last_token_at: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

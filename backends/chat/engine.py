@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from backends.chat.decode import DecodeState, FusedDecoder, UnsupportedModel
-from backends.chat.sampling import RowSampler, RowSink, RowTracker, Sampling
+from backends.chat.sampling import DecodeTotals, RowSampler, RowSink, RowTracker, Sampling
 from shared.chat import Completion, Message, template_messages
 from shared.errors import ModelLoadError, invalid
 from shared.loading import Loaded, LoadPlan, load_pretrained
@@ -138,6 +138,7 @@ class VlmEngine:
         )
         self._special = re.compile("|".join(map(re.escape, special))) if special else None
         self.fused = self._fused_decoder(decoder)
+        self.decode_totals = DecodeTotals()
 
     def _fused_decoder(self, decoder: str) -> FusedDecoder | None:
         if decoder not in DECODERS:
@@ -176,6 +177,10 @@ class VlmEngine:
             f"attention={self.model.config._attn_implementation} "
             f"decoder={'fused' if self.fused else 'generate'} {self._loaded.describe()}"
         )
+
+    @property
+    def footprint_bytes(self) -> int:
+        return self._loaded.footprint_bytes
 
     # --- per row: the prompt, as the model will see it ---------------------------------------
 
@@ -252,6 +257,7 @@ class VlmEngine:
                 self._decode_fused(self.fused, batch, max_new_tokens, sampler, tracker)
             else:
                 self._generate(batch, max_new_tokens, sampler, tracker)
+        self.decode_totals.add(tracker)
         return tracker.completions(prompt_tokens)
 
     def _generate(

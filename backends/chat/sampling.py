@@ -23,6 +23,7 @@ for the rows still going: `apply` and `advance`) with two hooks that act per row
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -182,6 +183,8 @@ class _Row:
         self.text = ""  # sent (or, without a sink, final) text
         self.held = ""  # generated text not sent yet: it may be the start of a stop string
         self.token_ids: list[int] = []
+        self.first_token_at: float | None = None  # time.perf_counter() at those tokens
+        self.last_token_at: float | None = None
         self.finish_reason: str | None = None
 
     def step(self, token: int, eos: frozenset[int]) -> None:
@@ -189,6 +192,9 @@ class _Row:
             self.finish_reason = "cancelled"
             return
         self.token_ids.append(token)
+        self.last_token_at = time.perf_counter()
+        if self.first_token_at is None:
+            self.first_token_at = self.last_token_at
         if token in eos:
             self._finish("stop", self.detokenizer.flush())
             return
@@ -253,6 +259,19 @@ def _partial_stop_length(text: str, stops: Sequence[str]) -> int:
     return longest
 
 
+@dataclass
+class DecodeTotals:
+    """Token steps an engine ran since it loaded, and the rows computed in them: what the
+    batching of decoding really was (rows / steps), for the chat metrics."""
+
+    steps: int = 0
+    rows: int = 0
+
+    def add(self, tracker: RowTracker) -> None:
+        self.steps += tracker.steps
+        self.rows += tracker.step_rows
+
+
 class RowTracker(StoppingCriteria):
     """Follows every row of one batch (see the module doc)."""
 
@@ -265,6 +284,8 @@ class RowTracker(StoppingCriteria):
     ) -> None:
         self.rows = [_Row(tokenizer, s, sink) for s, sink in zip(samplings, sinks, strict=True)]
         self.eos = frozenset(eos_token_ids)
+        self.steps = 0  # token steps, and rows computed in them (`DecodeTotals`)
+        self.step_rows = 0
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.Tensor:
         done = self.advance(range(len(self.rows)), input_ids[:, -1].tolist())
@@ -272,6 +293,8 @@ class RowTracker(StoppingCriteria):
 
     def advance(self, rows: Sequence[int], tokens: Sequence[int]) -> list[bool]:
         """Give row `rows[j]` its next token `tokens[j]`; which of these rows are done."""
+        self.steps += 1
+        self.step_rows += len(rows)
         done = []
         for i, token in zip(rows, tokens, strict=True):
             row = self.rows[i]
@@ -300,6 +323,8 @@ class RowTracker(StoppingCriteria):
                     prompt_tokens=prompt,
                     completion_tokens=len(row.token_ids),
                     token_ids=tuple(row.token_ids),
+                    first_token_at=row.first_token_at,
+                    last_token_at=row.last_token_at,
                 )
             )
         return results

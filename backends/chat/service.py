@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from backends.chat.engine import EngineRow, VlmEngine
-from backends.chat.sampling import MAX_PENALTY, MIN_PENALTY, RowSink, Sampling
+from backends.chat.sampling import MAX_PENALTY, MIN_PENALTY, DecodeTotals, RowSink, Sampling
 from shared.chat import (
     MAX_STOP_CHARS,
     MAX_STOP_STRINGS,
@@ -73,6 +73,14 @@ class ChatService:
 
     def describe(self) -> str:
         return self.engine.describe()
+
+    @property
+    def footprint_bytes(self) -> int:
+        return self.engine.footprint_bytes
+
+    @property
+    def decode_totals(self) -> DecodeTotals:
+        return self.engine.decode_totals
 
     # --- one request row -------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ tested in-process, and the benchmarks compare it served against in-process.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +78,10 @@ class WhisperEngine:
         kind = "multilingual" if self.multilingual else "English-only"
         return f"whisper ({kind}) {self._loaded.describe()}"
 
+    @property
+    def footprint_bytes(self) -> int:
+        return self._loaded.footprint_bytes
+
     # --- option validation: per row, so a bad row fails only its own request -----------------
 
     def check_language(self, language: str | None) -> str | None:
@@ -146,6 +151,15 @@ class WhisperEngine:
 
     def _is_long(self, row: SttRow) -> bool:
         return row.audio.shape[0] > self.window_seconds * self.sampling_rate
+
+    def seconds(self, row: SttRow) -> float:
+        """How long the row's audio is."""
+        return row.audio.shape[0] / self.sampling_rate
+
+    def windows(self, row: SttRow) -> int:
+        """The windows the model's encoder reads the row's audio in (the last one partly
+        filled; long-form decoding may revisit part of one)."""
+        return max(1, math.ceil(row.audio.shape[0] / (self.window_seconds * self.sampling_rate)))
 
     def _generate(self, rows: list[SttRow]) -> list[Transcription]:
         import torch

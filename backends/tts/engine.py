@@ -41,7 +41,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from shared.errors import ErrorCode, ModelLoadError, RequestError, invalid
-from shared.loading import LoadPlan
+from shared.loading import Loaded, LoadPlan
 from shared.text import (
     check_length,
     drop_characters,
@@ -424,6 +424,13 @@ class TtsEngine(ABC):
     @abstractmethod
     def describe(self) -> str:
         """One line for the load log: architecture, voices, rate, placement."""
+
+    #: Set by each engine's constructor: the loaded model, with its footprint.
+    _loaded: Loaded
+
+    @property
+    def footprint_bytes(self) -> int:
+        return self._loaded.footprint_bytes
 
     def _pause(self) -> np.ndarray:
         return np.zeros(round(self.limits.sentence_pause_seconds * self.sampling_rate), np.float32)

@@ -1,24 +1,32 @@
 """Speech-to-text on Triton: audio of any length in, text (and segments) out, one batch.
 
 The work is in `backends.stt.engine.WhisperEngine`; this file maps Triton tensors to engine
-rows and back. Contract and settings: docs/models/stt.md.
+rows and back, and records the audio metrics (`serving.metrics`). Contract and settings:
+docs/models/stt.md.
 """
 
 from __future__ import annotations
 
 from backends.stt.engine import SttRow, Transcription, WhisperEngine
 from backends.stt.settings import stt_params
-from serving import tensors
+from serving import metrics, tensors
 from serving.adapters import UnaryModel
 from serving.protocols import Request, Response
 from shared.audio import decode_audio
 
+Heard = tuple[SttRow, Transcription]
 
-class TritonPythonModel(UnaryModel[WhisperEngine, SttRow, Transcription]):
+
+class TritonPythonModel(UnaryModel[WhisperEngine, SttRow, Heard]):
     """Whisper served with dynamic batching: one generate() call per group of equal options."""
 
     params = stt_params("whisper-tiny.en")
     load_engine = staticmethod(WhisperEngine.load)
+
+    def start_metrics(self) -> None:
+        super().start_metrics()
+        self.audio = metrics.AudioMetrics(self.name)
+        self.windows = metrics.Family(metrics.WINDOWS, self.name)
 
     def parse(self, request: Request) -> list[SttRow]:
         rows = tensors.request_rows(request, "audio")
@@ -49,11 +57,14 @@ class TritonPythonModel(UnaryModel[WhisperEngine, SttRow, Transcription]):
             for i in range(rows)
         ]
 
-    def run(self, rows: list[SttRow]) -> list[Transcription]:
-        return self.engine.transcribe(rows)
+    def run(self, rows: list[SttRow]) -> list[Heard]:
+        return list(zip(rows, self.engine.transcribe(rows), strict=True))
 
-    def respond(self, request: Request, results: list[Transcription]) -> Response:
+    def respond(self, request: Request, results: list[Heard]) -> Response:
+        rows = [row for row, _ in results]
+        self.audio.record(sum(map(self.engine.seconds, rows)), self.elapsed())
+        self.windows.observe(sum(map(self.engine.windows, rows)))
         return tensors.response(
-            tensors.bytes_tensor("text", [r.text for r in results]),
-            tensors.json_tensor("segments", [r.segments for r in results]),
+            tensors.bytes_tensor("text", [r.text for _, r in results]),
+            tensors.json_tensor("segments", [r.segments for _, r in results]),
         )

@@ -24,6 +24,10 @@ class TritonPythonModel(UnaryModel[TtsEngine, SpeechRow, Spoken]):
     params = tts_params("piper-en_US-joe-medium")
     load_engine = staticmethod(load_engine)
 
+    def start_metrics(self) -> None:
+        super().start_metrics()
+        self.speech = tts.SpeechMetrics(self.name)
+
     def parse(self, request: Request) -> list[SpeechRow]:
         return tts.parse(request, self.engine, self.settings)
 
@@ -32,4 +36,5 @@ class TritonPythonModel(UnaryModel[TtsEngine, SpeechRow, Spoken]):
 
     def respond(self, request: Request, results: list[Spoken]) -> Response:
         rows, waveforms = zip(*results, strict=True)
+        self.speech.spoken(self.engine, waveforms, self.elapsed())
         return tensors.response(*tts.output_tensors(self.engine, rows, waveforms))

@@ -26,12 +26,21 @@ class TritonPythonModel(StreamingModel[TtsEngine, SpeechRow]):
     params = tts_params("piper-en_US-joe-medium")
     load_engine = staticmethod(load_engine)
 
+    def start_metrics(self) -> None:
+        super().start_metrics()
+        self.speech = tts.SpeechMetrics(self.name, streams=True)
+
     def parse(self, request: Request) -> list[SpeechRow]:
         # One text per request: every response then belongs to that one text.
         return tts.parse(request, self.engine, self.settings, max_rows=1)
 
     def run(self, rows: list[SpeechRow], streams: list[Stream]) -> None:
+        sent = [0.0] * len(rows)  # seconds of audio each row has sent
+
         def send(index: int, waveform: np.ndarray, last: bool) -> None:
+            sent[index] = self.speech.piece(self.engine, sent[index], waveform, self.elapsed())
+            if last:
+                self.speech.audio.finished(sent[index], self.elapsed())
             tensors = tts.output_tensors(self.engine, [rows[index]], [waveform])
             if last:
                 streams[index].finish(tensors)

@@ -34,7 +34,7 @@ class TritonPythonModel(ChatModel, StreamingModel[ChatService, ChatRow]):
 
     def run(self, rows: list[ChatRow], streams: list[Stream]) -> None:
         completions = self.engine.run(rows, [StreamSink(s) for s in streams])
-        self.metrics.record(completions)
+        self.record(completions)
         for stream, completion in zip(streams, completions, strict=True):
             # The text went out piece by piece; the final response carries the summary.
             stream.finish(completion_tensors([replace(completion, text="")]))
