@@ -263,7 +263,7 @@ def test_a_cancelled_stream_gets_no_more_audio(
     (results,) = stream.execute([request])
     assert calls == [1], "the second and third sentences are never synthesised"
     assert [r.final for r in results] == [False, True]
-    assert "audio" in results[0].outputs and results[1].null_response
+    assert "audio" in results[0].outputs and results[1].client_cancelled
     # Cancelled before it ran: answered CANCELLED at once.
     early = stream.request(inputs(SENTENCES))
     stream.cancel(early)

@@ -7,12 +7,14 @@
         assert result.error is None, result.message
 
 Modules:
-  runner         ModelHarness (load, request, execute, infer, cancel, logs, metric) and Result
+  runner         ModelHarness (load, request, execute, infer, cancel, logs, metric, link for
+                 BLS) and Result
+  server         HarnessServer: several models by name, reaching each other over BLS
   pb_utils       the mock `triton_python_backend_utils` (the shipped .py + the C++ half)
   pb_logging     Logger; pb_metrics: MetricFamily and Metric
   config         config.pbtxt completed and written as the server hands it to initialize()
   validation     the server's checks before a request reaches the model; batcher rules
-  errors         ServerRejected, UnrealisticBatch, ClientWouldHang, ProtocolViolation, ServerCrash
+  errors         ServerRejected (DecoupledOverUnary, UnknownModel), UnrealisticBatch, ClientWouldHang, ProtocolViolation, ServerCrash
   server_fixture a real tritonserver for tests (server_fixture, running_server)
   clients        comparable views of harness results and real client answers
 

@@ -22,6 +22,30 @@ class ServerRejected(Exception):
         self.message = message
 
 
+class DecoupledOverUnary(ServerRejected):
+    """A decoupled model called over unary infer: the server refuses it, the model never runs."""
+
+    code = "UNSUPPORTED"
+    http_status = 501
+    grpc_status = "UNIMPLEMENTED"
+    grpc_message = "ModelInfer RPC doesn't support models with decoupled transaction policy"
+
+    def __init__(self) -> None:
+        super().__init__("HTTP end point doesn't support models with decoupled transaction policy")
+
+
+class UnknownModel(ServerRejected):
+    """A request for a model the server does not serve (same message over HTTP and gRPC;
+    on a gRPC stream it arrives as a stream error without a status code)."""
+
+    code = "NOT_FOUND"
+    http_status = 404
+    grpc_status = "NOT_FOUND"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"Request for unknown model: '{model}' is not found")
+
+
 class UnrealisticBatch(Exception):
     """The requests given to one `execute()` are a batch the server never forms.
 

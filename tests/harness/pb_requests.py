@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,7 +104,7 @@ class InferenceResponseSender:
     __module__ = CPP_MODULE
     __slots__ = (
         "_cancel", "_closed", "_decoupled", "_deliveries", "_done", "_lock", "_requested",
-        "_sent",
+        "_sent", "_sink",
     )  # fmt: skip
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -118,6 +119,8 @@ class InferenceResponseSender:
         sender._closed, sender._sent = False, 0
         sender._deliveries: list[Delivery] = []
         sender._lock, sender._done = threading.Lock(), threading.Event()
+        # Where a BLS request's responses go, instead of a client (ModelHarness.serve_bls).
+        sender._sink: Callable[[Delivery], None] | None = None
         return sender
 
     def send(self, response: Any = None, flags: Any = 0) -> None:
@@ -172,6 +175,10 @@ class InferenceResponseSender:
 
     def _deliver(self, response: InferenceResponse | None, flags: int) -> None:
         final = flags == TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        if self._cancel.cancelled:  # the client has gone: nothing sent now reaches it
+            if final:
+                self._done.set()
+            return
         if response is None:
             delivery = Delivery(None, None, final)
         elif response.has_error():
@@ -179,9 +186,14 @@ class InferenceResponseSender:
         else:
             response._tensors[:] = [t for t in response._tensors if t.name() in self._requested]
             delivery = Delivery(client_outputs(response._tensors), None, final)
+        self._record(delivery)
+
+    def _record(self, delivery: Delivery) -> None:
         with self._lock:
             self._deliveries.append(delivery)
-        if final:
+        if self._sink is not None:
+            self._sink(delivery)
+        if delivery.final:
             self._done.set()
 
     def _fail(self, error: TritonError) -> bool:
@@ -190,8 +202,10 @@ class InferenceResponseSender:
             self._closed = True
             if self._done.is_set():
                 return False
-            self._deliveries.append(Delivery({}, error, True))
-        self._done.set()
+        if self._cancel.cancelled:
+            self._done.set()
+        else:
+            self._record(Delivery({}, error, True))
         return True
 
 
@@ -227,21 +241,43 @@ class InferenceTrace:
 
 
 class ResponseIterator:
-    """What `InferenceRequest.exec(decoupled=True)` returns: the BLS responses in order."""
+    """What `InferenceRequest.exec(decoupled=True)` returns: the BLS responses in order.
+
+    As in pb_response_iterator.cc: `next()` blocks until the callee sends its next response;
+    the one carrying the final flag is the last (an empty one when the callee sent the flag
+    alone); once finished, a new `iter()` starts again from the first response.
+    """
 
     __module__ = CPP_MODULE
-    __slots__ = ("_responses",)
+    __slots__ = ("_finished", "_index", "_pending", "_responses")
 
-    def __init__(self, responses: Sequence[InferenceResponse]) -> None:
-        self._responses = list(responses)
+    def __init__(self, responses: Sequence[InferenceResponse] = ()) -> None:
+        self._pending: queue.Queue[tuple[InferenceResponse, bool]] = queue.Queue()
+        self._responses: list[InferenceResponse] = []
+        self._finished, self._index = False, 0
+        for index, response in enumerate(responses):
+            self._put(response, index == len(responses) - 1)
+
+    def _put(self, response: InferenceResponse, last: bool) -> None:
+        """The server side: the callee's next response arrived."""
+        self._pending.put((response, last))
 
     def __iter__(self) -> ResponseIterator:
+        if self._finished and self._index >= len(self._responses):
+            self._index = 0
         return self
 
     def __next__(self) -> InferenceResponse:
-        if not self._responses:
+        if self._finished:
+            if self._index < len(self._responses):
+                self._index += 1
+                return self._responses[self._index - 1]
             raise StopIteration
-        return self._responses.pop(0)
+        response, last = self._pending.get()
+        self._responses.append(response)
+        self._finished = last
+        self._index = len(self._responses)
+        return response
 
 
 _REQUIRED = object()
@@ -254,8 +290,8 @@ class InferenceRequest:
     __module__ = CPP_MODULE
     __slots__ = (
         "_cancel", "_correlation_id", "_flags", "_inputs", "_model_name", "_model_version",
-        "_parameters", "_preferred_memory", "_release_flags", "_request_id", "_requested",
-        "_sender", "_timeout", "_trace",
+        "_owner", "_parameters", "_preferred_memory", "_release_flags", "_request_id",
+        "_requested", "_sender", "_timeout", "_trace",
     )  # fmt: skip
 
     def __init__(
@@ -309,6 +345,9 @@ class InferenceRequest:
         self._cancel = _Cancellation()
         self._sender = InferenceResponseSender._create(None, self._requested, self._cancel)
         self._release_flags = TRITONSERVER_REQUEST_RELEASE_ALL
+        # The model instance that built it: its BLS calls act for that instance, whichever
+        # thread makes them (async_exec runs exec() on an executor thread).
+        self._owner = stub.current_or_none()
 
     def inputs(self) -> list[Tensor]:
         return list(self._inputs)
@@ -351,13 +390,15 @@ class InferenceRequest:
         self._release_flags = flags
 
     def exec(self, decoupled: Any = False) -> Any:
-        """BLS: answered by a handler registered in ModelHarness.bls_models, else not ready."""
+        """BLS: answered by the model registered in ModelHarness.bls_models, else not ready."""
         if not isinstance(decoupled, bool):
             raise incompatible("exec", decoupled)
-        instance = stub.current()
+        instance = self._owner or stub.current()
         if not instance.in_execute:
             raise TritonModelException("BLS is only supported during the 'execute' function.")
         handler = instance.bls_models.get(self._model_name)
+        if hasattr(handler, "serve_bls"):
+            return handler.serve_bls(self, decoupled)
         if handler is None:
             name = self._model_name
             responses: Any = InferenceResponse(
@@ -409,7 +450,19 @@ def server_request(
         decoupled, request._requested, request._cancel
     )
     request._release_flags = TRITONSERVER_REQUEST_RELEASE_ALL
+    request._owner = None
     return request
+
+
+def bls_response(delivery: Delivery) -> InferenceResponse:
+    """A callee's response as its BLS caller gets it (request_executor.cc, 2.51).
+
+    The outputs as the server hands them over (the wire's conversions, unrequested ones
+    pruned); an error keeps its message but not its code: every BLS error is INTERNAL.
+    """
+    if delivery.error is not None:
+        return InferenceResponse(error=TritonError(delivery.error.message()))
+    return InferenceResponse([Tensor(n, a) for n, a in (delivery.outputs or {}).items()])
 
 
 def cancel(request: InferenceRequest) -> None:

@@ -32,7 +32,7 @@ import threading
 import time
 import traceback
 import types
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +45,7 @@ from tests.harness import pb_metrics, stub, validation
 from tests.harness import pb_utils as mock
 from tests.harness.errors import (
     ClientWouldHang,
+    DecoupledOverUnary,
     ProtocolViolation,
     ServerRejected,
     UnrealisticBatch,
@@ -55,6 +56,7 @@ __all__ = [
     "GRPC_STATUS",
     "HTTP_STATUS",
     "ClientWouldHang",
+    "DecoupledOverUnary",
     "ModelHarness",
     "ProtocolViolation",
     "Result",
@@ -90,7 +92,11 @@ class Result:
     error: Any = None  # a pb_utils.TritonError
     final: bool = True  # decoupled: the response carried COMPLETE_FINAL
     null_response: bool = False  # decoupled: the final flag came without a response object
-    cancelled: bool = False  # the test cancelled the request (a real client sees its cancel)
+    cancelled: bool = False  # the test cancelled the request
+    on_stream: bool = False  # a response on a gRPC stream (a decoupled model's)
+    # Not a response: the client's own cancellation, which ends what it receives (responses
+    # the model sends after it never reach the client).
+    client_cancelled: bool = False
 
     @property
     def code(self) -> str | None:
@@ -105,7 +111,10 @@ class Result:
         return 200 if self.code is None else HTTP_STATUS[self.code]
 
     @property
-    def grpc_status(self) -> str:
+    def grpc_status(self) -> str | None:
+        """None for a model's error on a stream: it reaches the client without a status."""
+        if self.on_stream and self.error is not None and not self.client_cancelled:
+            return None
         return "OK" if self.code is None else GRPC_STATUS[self.code]
 
     def text(self, name: str, row: int = 0) -> str:
@@ -190,6 +199,7 @@ class ModelHarness:
         self._own_modules: dict[str, types.ModuleType] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._import_depth = 0
+        self._execute_lock = threading.Lock()  # one execute() at a time, as in one stub
 
     # --- what tests read ---------------------------------------------------------------------
 
@@ -204,9 +214,16 @@ class ModelHarness:
         return self.instance.server_log
 
     @property
-    def bls_models(self) -> dict[str, Callable[[Any], Any]]:
-        """Models a BLS request may reach: name -> handler(request) -> response(s)."""
+    def bls_models(self) -> dict[str, Any]:
+        """Models a BLS request may reach: name -> a ModelHarness (see `link`), or a
+        handler(request) -> response(s)."""
         return self.instance.bls_models
+
+    def link(self, *others: ModelHarness) -> ModelHarness:
+        """Let this model's BLS requests reach the models of `others`, as on one server."""
+        for other in others:
+            self.bls_models[other.name] = other
+        return self
 
     def args(self) -> dict[str, str]:
         """The `initialize()` argument, as the stub builds it (every value a string)."""
@@ -305,6 +322,64 @@ class ModelHarness:
         """One request alone in its batch: a Result (decoupled: the list of Results)."""
         return self.execute([self.request(inputs, **kwargs)])[0]
 
+    def infer_unary(self, inputs: Mapping[str, np.ndarray], **kwargs: Any) -> Result:
+        """A unary infer call (HTTP, or gRPC ModelInfer): a decoupled model is refused."""
+        if self.decoupled:
+            raise DecoupledOverUnary()
+        result: Result = self.infer(inputs, **kwargs)
+        return result
+
+    def serve_bls(self, bls: Any, decoupled: bool) -> Any:
+        """Answer another model's BLS request as the server does (request_executor.cc, 2.51).
+
+        The server's checks first, then this model's execute() on a thread of its own (the
+        callee runs in its own stub process). Unary: the response once it is complete.
+        `decoupled`: a ResponseIterator filled as the model sends (an error not carrying the
+        final flag does not reach the caller; a final flag sent alone is an empty response).
+        """
+        prefix = f"Model {self.name} - Error when running inference: "
+
+        def refused(message: str) -> Any:
+            response = mock.InferenceResponse(error=mock.TritonError(prefix + message))
+            return mock.ResponseIterator([response]) if decoupled else response
+
+        if self.decoupled and not decoupled:
+            return refused(
+                f"Model {self.name} is using the decoupled. The current BLS request call "
+                "doesn't support models using the decoupled transaction policy. Please use "
+                "'decoupled=True' argument to the 'exec' or 'async_exec' calls for decoupled "
+                "models.'"
+            )
+        try:
+            request = self.request(
+                {t.name(): t.as_numpy() for t in bls.inputs()},
+                request_id=bls.request_id(),
+                parameters=json.loads(bls.parameters()),
+                requested_outputs=sorted(bls.requested_output_names()),
+                correlation_id=bls.correlation_id(),
+                flags=bls.flags(),
+                timeout=bls.timeout(),
+            )
+        except ServerRejected as exc:
+            return refused(exc.message)
+        responses = mock.ResponseIterator()
+
+        def arrived(delivery: Any) -> None:
+            if delivery.final or delivery.error is None or not self.decoupled:
+                responses._put(mock.bls_response(delivery), delivery.final or not self.decoupled)
+
+        request._sender._sink = arrived
+
+        def run() -> None:
+            error = self._run_execute([request])
+            if error is not None:
+                self._fail_batch([request], error)
+
+        threading.Thread(target=run, name=f"bls-{self.name}", daemon=True).start()
+        if decoupled:
+            return responses
+        return next(responses)
+
     def execute(
         self,
         requests: Sequence[Any],
@@ -343,7 +418,7 @@ class ModelHarness:
     def _run_execute(self, requests: list[Any]) -> str | None:
         """Call execute() as Stub::ProcessRequests does; the error string if it failed."""
         stop = sys._getframe()
-        with self._context(executing=True):
+        with self._execute_lock, self._context(executing=True):
             try:
                 if not hasattr(self.model, "execute"):
                     raise _BackendError(
@@ -431,19 +506,25 @@ class ModelHarness:
                     error=delivery.error,
                     cancelled=request.is_cancelled(),
                 )
+        if request.is_cancelled():
+            return _client_cancellation(on_stream=False)
         raise ProtocolViolation(f"request {index} was completed without any response")
 
     def _stream(self, request: Any) -> list[Result]:
-        return [
+        results = [
             Result(
                 outputs=d.outputs or {},
                 error=d.error,
                 final=d.final,
                 null_response=d.outputs is None and d.error is None,
                 cancelled=request.is_cancelled(),
+                on_stream=True,
             )
             for d in request._sender._deliveries
         ]
+        if request.is_cancelled() and not any(r.final for r in results):
+            results.append(_client_cancellation(on_stream=True))
+        return results
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         """The stub's event loop for async execute(): one per instance, on a daemon thread."""
@@ -454,7 +535,11 @@ class ModelHarness:
         return self._loop
 
     def _run_in_background(self, coroutine: Any) -> None:
-        future = asyncio.run_coroutine_threadsafe(coroutine, self._event_loop())
+        async def executing() -> None:  # BLS is allowed until the coroutine ends
+            with stub.activate(self.instance, executing=True):
+                await coroutine
+
+        future = asyncio.run_coroutine_threadsafe(executing(), self._event_loop())
 
         def done(f: Any) -> None:
             exc = f.exception()
@@ -550,6 +635,12 @@ class ModelHarness:
         with contextlib.suppress(AttributeError, TypeError):
             locations.extend(module.__path__)
         return any(loc and Path(loc).resolve().is_relative_to(self.model_dir) for loc in locations)
+
+
+def _client_cancellation(*, on_stream: bool) -> Result:
+    """What a tritonclient gRPC client reports once it cancelled (2.51, checked)."""
+    error = mock.TritonError("Locally cancelled by application!", mock.TritonError.CANCELLED)
+    return Result(error=error, cancelled=True, on_stream=on_stream, client_cancelled=True)
 
 
 def _inputs_of(request: Any) -> dict[str, np.ndarray]:

@@ -2,14 +2,15 @@
 
 In tritonserver each model instance has its own stub process, so `Logger`, metrics errors and
 `get_model_dir()` always know which instance they belong to. The harness runs several models
-in one process, so `ModelHarness` activates its `Instance` around every call into the model;
-a background thread the model started after that call uses the instance activated last.
+in one process, so `ModelHarness` activates its `Instance` around every call into the model,
+per thread (a model's BLS call runs another model's execute() on a thread of its own); a
+background thread the model started after that call uses the instance activated last.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,13 +34,19 @@ class Instance:
     decoupled: bool
     logs: list[LogRecord] = field(default_factory=list)
     server_log: list[str] = field(default_factory=list)  # what the stub logs as errors
-    # Other models a BLS request may reach: name -> handler(request) -> response(s).
-    bls_models: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
-    in_execute: bool = False
+    # Other models a BLS request may reach: name -> a ModelHarness whose model answers it
+    # (ModelHarness.serve_bls), or a handler(request) -> response(s).
+    bls_models: dict[str, Any] = field(default_factory=dict)
+    executing: int = 0  # execute() calls (and async execute() coroutines) under way
+
+    @property
+    def in_execute(self) -> bool:
+        """BLS is allowed: an execute() of this instance is running."""
+        return self.executing > 0
 
 
 _lock = threading.RLock()
-_active: list[Instance] = []
+_local = threading.local()  # .active: the instances activated on this thread, innermost last
 _last: Instance | None = None
 # Everything logged through pb_utils.Logger in this process, as the server log holds it.
 all_logs: list[LogRecord] = []
@@ -49,26 +56,38 @@ all_logs: list[LogRecord] = []
 def activate(instance: Instance, *, executing: bool = False) -> Iterator[Instance]:
     """Make `instance` the one the mock module acts for, for the duration of a call."""
     global _last
+    active = _active()
     with _lock:
-        _active.append(instance)
+        active.append(instance)
         _last = instance
-    previous = instance.in_execute
-    instance.in_execute = executing or previous
+        instance.executing += executing
     try:
         yield instance
     finally:
-        instance.in_execute = previous
         with _lock:
-            _active.remove(instance)
+            instance.executing -= executing
+            active.remove(instance)
+
+
+def _active() -> list[Instance]:
+    if not hasattr(_local, "active"):
+        _local.active = []
+    active: list[Instance] = _local.active
+    return active
+
+
+def current_or_none() -> Instance | None:
+    """The instance being called on this thread, else the last one called, else None."""
+    active = _active()
+    with _lock:
+        return active[-1] if active else _last
 
 
 def current() -> Instance:
     """The instance being called, else the last one called (background threads)."""
-    with _lock:
-        if _active:
-            return _active[-1]
-        if _last is not None:
-            return _last
+    instance = current_or_none()
+    if instance is not None:
+        return instance
     raise RuntimeError(
         "no model instance is active: pb_utils is only usable from a model loaded by "
         "tests.harness.runner.ModelHarness (as inside tritonserver's stub)"
@@ -77,7 +96,6 @@ def current() -> Instance:
 
 def log(record: LogRecord) -> None:
     all_logs.append(record)
-    with _lock:
-        instance = _active[-1] if _active else _last
+    instance = current_or_none()
     if instance is not None:
         instance.logs.append(record)

@@ -7,7 +7,11 @@ raise_after       one response, then an exception escapes execute()
 return_list       one response, then execute() returns a list (decoupled must return None)
 send_after_final  the final flag, then a send that must fail (its error is logged)
 async             execute() is a coroutine that streams, like the default
+until_cancelled   a response, then waits (20 s at most) for the client to cancel, logs whether
+                  it did, sends another response (which no client may see) and the final flag
 """
+
+import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -63,6 +67,15 @@ class TritonPythonModel:
                 sender.send(_index(9))
             except pb_utils.TritonModelException as exc:
                 pb_utils.Logger.log_warn(f"contract_decoupled: {exc}")
+        elif mode == "until_cancelled":
+            sender.send(_index(0))
+            for _ in range(400):
+                if sender.is_cancelled():
+                    break
+                time.sleep(0.05)
+            pb_utils.Logger.log_info(f"contract_decoupled: cancelled={sender.is_cancelled()}")
+            sender.send(_index(1))
+            sender.send(flags=final)
         else:
             for i in range(count):
                 sender.send(_index(i))
