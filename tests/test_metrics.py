@@ -234,3 +234,15 @@ def test_tts_stream_records_first_audio_and_audio_out(tts_stream: ModelHarness) 
     (first_audio,) = after.observed(metrics.FIRST_AUDIO)[len(first) :]
     (factor,) = after.observed(metrics.REAL_TIME_FACTOR)[len(rtf) :]
     assert first_audio > 0 and factor > 0
+
+
+def test_docs_list_every_metric_as_the_catalogue_defines_it() -> None:
+    """docs/metrics.md's table: name, type, labels and buckets, one row per catalogue entry."""
+    rows = {}
+    for line in (ROOT / "docs" / "metrics.md").read_text(encoding="utf-8").splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 6 and re.fullmatch(r"`multimodal_\w+`", cells[0]):
+            buckets = tuple(float(b) for b in cells[3].split(",")) if cells[3] else ()
+            labels = tuple(label.strip() for label in cells[2].split(","))
+            rows[cells[0].strip("`")] = (cells[1], labels, buckets)
+    assert rows == {spec.name: (spec.kind, spec.labels, spec.buckets) for spec in CATALOGUE}
