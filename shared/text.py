@@ -171,3 +171,47 @@ def _merge_unspeakable(pieces: list[str]) -> list[str]:
     if pending:  # nothing speakable at all: keep the text as one piece; callers refuse it
         merged.append(pending)
     return merged
+
+
+#: Markdown a chat model writes that a voice must not read out: emphasis and code marks,
+#: heading and quote marks and list bullets at a line's start; links keep their text.
+_MARKDOWN_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
+_MARKDOWN_LINE_START = re.compile(r"^\s*(?:#{1,6}\s+|>\s*|[-*+]\s+)", re.MULTILINE)
+_MARKDOWN_MARKS = re.compile(r"(\*{1,3}|_{2,3}|`{1,3}|~~)")
+
+
+def strip_markdown(text: str) -> str:
+    """`text` as it should be spoken: the words of its markdown, without the symbols."""
+    text = _MARKDOWN_LINK.sub(r"\1", text)
+    text = _MARKDOWN_LINE_START.sub("", text)
+    return _MARKDOWN_MARKS.sub("", text)
+
+
+class SentenceAssembler:
+    """Sentences out of text that arrives in pieces (a chat model's stream), each as soon as
+    it is known to be complete: when `split_sentences` finds a next sentence after it.
+
+    What comes out joined is what `split_sentences` would cut from the whole text, so a
+    streamed answer is spoken in the same sentences as the TTS models cut the full text.
+    """
+
+    def __init__(self, max_chars: int) -> None:
+        self._max_chars = max_chars
+        self._pending = ""
+
+    def add(self, piece: str) -> list[str]:
+        """The sentences `piece` completed (usually none or one)."""
+        self._pending += piece
+        sentences = split_sentences(self._pending, self._max_chars)
+        if len(sentences) < 2:
+            return []
+        # The last one may still grow: keep it, and the space after it, which the next
+        # piece continues.
+        *complete, last = sentences
+        self._pending = last + self._pending[len(self._pending.rstrip()) :]
+        return complete
+
+    def flush(self) -> list[str]:
+        """The sentences left once the text is complete."""
+        pending, self._pending = self._pending, ""
+        return split_sentences(pending, self._max_chars) if pending.strip() else []

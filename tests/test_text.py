@@ -9,12 +9,14 @@ import pytest
 
 from shared.errors import RequestError
 from shared.text import (
+    SentenceAssembler,
     check_length,
     drop_characters,
     is_speakable,
     normalize_text,
     require_speakable,
     split_sentences,
+    strip_markdown,
 )
 
 
@@ -92,3 +94,35 @@ def test_checks_name_the_input_and_the_limit() -> None:
         require_speakable("?!", "?!")
     assert require_speakable("a?", "a?") == "a?"
     assert split_sentences("", 10) == []
+
+
+STREAMED = (
+    "**Paris** is the capital of France. It is known for the Eiffel Tower, and *art*.\n"
+    "- Item one\n- Item two. Dr. Smith went home! It cost 3.5 euros... Done"
+)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 40])
+def test_sentences_assembled_from_pieces_are_those_of_the_whole_text(size: int) -> None:
+    assembler = SentenceAssembler(300)
+    got = []
+    for start in range(0, len(STREAMED), size):
+        got += assembler.add(STREAMED[start : start + size])
+    assert got == split_sentences(STREAMED, 300)[:-1]  # the last is only known at the end
+    assert got + assembler.flush() == split_sentences(STREAMED, 300)
+    assert assembler.flush() == []
+
+
+def test_a_sentence_is_released_once_the_next_one_starts() -> None:
+    assembler = SentenceAssembler(300)
+    assert assembler.add("The capital of France is Paris.") == []
+    assert assembler.add(" It") == ["The capital of France is Paris."]
+    assert assembler.add(" is big") == []
+    assert assembler.flush() == ["It is big"]
+
+
+def test_markdown_symbols_are_not_spoken() -> None:
+    assert strip_markdown("## **Paris**, the `capital`") == "Paris, the capital"
+    assert strip_markdown("- see [the map](http://x.y/z) __now__") == "see the map now"
+    assert strip_markdown("> a quote with ~~no~~ marks") == "a quote with no marks"
+    assert strip_markdown("snake_case stays") == "snake_case stays"

@@ -200,6 +200,7 @@ class ModelHarness:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._import_depth = 0
         self._execute_lock = threading.Lock()  # one execute() at a time, as in one stub
+        self._bls_threads: list[threading.Thread] = []  # this model answering BLS requests
 
     # --- what tests read ---------------------------------------------------------------------
 
@@ -265,6 +266,8 @@ class ModelHarness:
         """finalize() if defined; like the stub, an exception in it is only logged."""
         if self.model is None:
             return
+        for thread in self._bls_threads:  # a BLS caller may have left before the answer's end
+            thread.join(self.response_timeout)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._loop = None
@@ -375,7 +378,9 @@ class ModelHarness:
             if error is not None:
                 self._fail_batch([request], error)
 
-        threading.Thread(target=run, name=f"bls-{self.name}", daemon=True).start()
+        thread = threading.Thread(target=run, name=f"bls-{self.name}", daemon=True)
+        self._bls_threads = [t for t in self._bls_threads if t.is_alive()] + [thread]
+        thread.start()
         if decoupled:
             return responses
         return next(responses)

@@ -1,0 +1,1 @@
+"""Speech to speech: a spoken question answered aloud, sentence by sentence (`pipeline`)."""
