@@ -68,15 +68,13 @@ class ServedModel(ABC, Generic[E]):
         self.settings = plan.settings
         begin = time.perf_counter()
         self.engine = self.load_engine(plan)
-        load_seconds = time.perf_counter() - begin
+        seconds = time.perf_counter() - begin
         self.start_metrics()
-        gauges = {"model": self.name, "instance": self.instance}
-        self._gauges = [
-            metrics.Family(metrics.LOAD_SECONDS, **gauges),
-            metrics.Family(metrics.FOOTPRINT, **gauges),
-        ]
-        self._gauges[0].set(load_seconds)
-        self._gauges[1].set(self.engine.footprint_bytes)
+        load = metrics.Family(metrics.LOAD_SECONDS, self.name, instance=self.instance)
+        footprint = metrics.Family(metrics.FOOTPRINT, self.name, instance=self.instance)
+        load.set(seconds)
+        footprint.set(self.engine.footprint_bytes)
+        self._load_gauges = (load, footprint)  # kept: Triton drops a family's series with it
         pb_utils.Logger.log_info(
             f"{self.name}: loaded {self.engine.describe()} from {plan.model_dir}"
         )
