@@ -141,8 +141,8 @@ def test_stt_audio_windows_and_real_time_factor(server: LocalTritonServer) -> No
 def test_chat_tokens_latencies_and_finish_reasons(server: LocalTritonServer) -> None:
     before = Scrape(server)
     answers = [
-        http(server, "llm", arrays(prompt, max_new_tokens=limit))
-        for prompt, limit in (("Tell me a story", 5), ("Hello", 3))
+        http(server, "llm", arrays(prompt, max_new_tokens=limit, session_id=session))
+        for prompt, limit, session in (("Tell me a story", 5, "metrics"), ("Hello", 3, ""))
     ]
     prompt_tokens = sum(a[2] for a in answers)
     tokens = [a[3] for a in answers]
@@ -170,6 +170,11 @@ def test_chat_tokens_latencies_and_finish_reasons(server: LocalTritonServer) -> 
     )
     assert count == sum(n > 1 for n in tokens)
     assert delta(f"{metrics.BATCH_ROWS.name}_count") == 2
+    # The one session of this server ("" is none), held by one of llm's instances.
+    held = after.families[metrics.SESSIONS.name].samples
+    assert sum(s.value for s in held if s.labels["model"] == "llm") == 1
+    history = after.families[metrics.SESSION_BYTES.name].samples
+    assert sum(s.value for s in history if s.labels["model"] == "llm") > len("Tell me a story")
 
 
 def test_tts_audio_out_and_stream_first_audio(server: LocalTritonServer) -> None:
