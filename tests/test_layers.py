@@ -28,6 +28,17 @@ FORBIDDEN = {
     "tools": {PB_UTILS},
     # The OpenAI door reaches the models over gRPC only: no model code, no tooling.
     "openai_api": {"serving", "backends", "model_repository", "tools", "tests", PB_UTILS},
+    # The client library installs beside tritonclient alone: nothing of the server side.
+    "multimodal_client": {
+        "serving",
+        "backends",
+        "shared",
+        "model_repository",
+        "openai_api",
+        "tools",
+        "tests",
+        PB_UTILS,
+    },
 }
 
 

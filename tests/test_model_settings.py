@@ -85,7 +85,7 @@ def documented_settings(model: str) -> dict[str, str]:
     return {name: default.strip() for name, default in rows}
 
 
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", [*MODELS, "voice_chat"])
 def test_every_setting_is_on_the_models_page_with_its_default(model: str) -> None:
     declared = {
         p.name: "(none)" if p.default in (None, "") else f"`{p.default}`"
