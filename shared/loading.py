@@ -66,8 +66,7 @@ class Loaded:
 
     def describe(self) -> str:
         return (
-            f"quantization={self.placement.quantization} dtype={self.placement.dtype} "
-            f"device={self.placement.device} footprint={self.footprint_bytes / 2**20:.1f} MiB "
+            f"{self.placement.describe()} footprint={self.footprint_bytes / 2**20:.1f} MiB "
             f"load={self.seconds:.1f} s" + (f" ({self.detail})" if self.detail else "")
         )
 

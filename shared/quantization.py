@@ -2,8 +2,11 @@
 
 bitsandbytes does the quantization (`int8`, `nf4`, `fp4`), on CUDA and on the CPU; `int4` is
 torch's own weight-only int4 CPU kernel (shared.int4), the fastest for a lone text request on
-a CPU. What the platform cannot do fails the load with the reason; there is no silent fallback
-to another setting, because an operator who asked for nf4 to fit a GPU must not get fp32.
+a CPU. On a GPU, `int4` (the name earlier deployments set, QUANTIZATION_TYPE=int4) means
+bitsandbytes' 4-bit weights (nf4): the same memory per weight through the CUDA kernels the
+image ships, said in the load line. What the platform cannot do fails the load with the reason;
+there is no silent fallback to another setting, because an operator who asked for nf4 to fit a
+GPU must not get fp32.
 """
 
 from __future__ import annotations
@@ -26,6 +29,12 @@ class Placement:
     device: str  # "cpu" or "cuda:<n>"
     dtype: str  # resolved: float32 | float16 | bfloat16
     quantization: str  # none | int8 | nf4 | fp4 | int4
+    asked: str = ""  # the quantization the settings named, when the device runs another
+
+    def describe(self) -> str:
+        """What the load line says of the placement (and of a quantization the device maps)."""
+        mapped = f" (asked {self.asked}: 4-bit weights on {self.device})" if self.asked else ""
+        return f"quantization={self.quantization}{mapped} dtype={self.dtype} device={self.device}"
 
 
 def resolve_device(instance_kind: str, device_id: str | int) -> str:
@@ -56,11 +65,11 @@ def resolve_placement(quantization: str, dtype: str, device: str) -> Placement:
     if dtype not in DTYPES:
         raise ModelLoadError(f"dtype {dtype!r} is not one of {DTYPES}")
     on_cpu = device == "cpu"
+    asked = ""
     if quantization == "int4" and not on_cpu:
-        raise ModelLoadError(
-            "quantization 'int4' uses torch's CPU kernel and runs on the CPU only; "
-            "on a GPU use nf4 (smallest) or none (fastest)"
-        )
+        # torch's int4 kernel is the CPU's; a GPU gets the same 4 bits per weight from
+        # bitsandbytes, whose CUDA kernels the GPU image ships.
+        asked, quantization = "int4", "nf4"
     if dtype == "auto":
         # int4's kernel is fast for bfloat16 activations only (measured over 10x slower in float32).
         dtype = ("bfloat16" if quantization == "int4" else "float32") if on_cpu else "float16"
@@ -73,7 +82,7 @@ def resolve_placement(quantization: str, dtype: str, device: str) -> Placement:
             "dtype float16 is not supported on the CPU (half-precision matmuls are slow or "
             "missing there); use float32 or bfloat16"
         )
-    return Placement(device=device, dtype=dtype, quantization=quantization)
+    return Placement(device=device, dtype=dtype, quantization=quantization, asked=asked)
 
 
 def pretrained_kwargs(placement: Placement) -> dict[str, Any]:

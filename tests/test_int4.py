@@ -99,14 +99,23 @@ def test_quantize_linears_keeps_the_output_head_and_what_cannot_pack() -> None:
 
 
 def test_int4_placement() -> None:
-    """auto means bfloat16 with int4 (the kernel's fast path); no bitsandbytes arguments; the
-    GPU is refused with what to use there instead."""
+    """auto means bfloat16 with int4 (the kernel's fast path); no bitsandbytes arguments. On a
+    GPU, int4 (what earlier deployments set) loads as bitsandbytes' 4-bit nf4 in float16, and
+    the load line says so."""
     placement = resolve_placement("int4", "auto", "cpu")
     assert (placement.quantization, placement.dtype) == ("int4", "bfloat16")
     assert resolve_placement("int4", "float32", "cpu").dtype == "float32"
     assert "quantization_config" not in pretrained_kwargs(placement)
-    with pytest.raises(ModelLoadError, match="runs on the CPU only; on a GPU use nf4"):
-        resolve_placement("int4", "auto", "cuda:0")
+    assert "asked" not in placement.describe()
+    gpu = resolve_placement("int4", "auto", "cuda:0")
+    assert (gpu.quantization, gpu.dtype, gpu.device) == ("nf4", "float16", "cuda:0")
+    assert gpu.describe() == (
+        "quantization=nf4 (asked int4: 4-bit weights on cuda:0) dtype=float16 device=cuda:0"
+    )
+    config = pretrained_kwargs(gpu)["quantization_config"]
+    assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4"
+    with pytest.raises(ModelLoadError, match="float16 is not supported on the CPU"):
+        resolve_placement("int4", "float16", "cpu")
 
 
 def test_the_default_smollm2_packed_as_int4_answers_as_in_float32(model_store) -> None:
