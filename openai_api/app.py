@@ -47,7 +47,7 @@ def create_app(settings: Settings) -> ASGIApp:
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> JSONResponse:
-        ready = await request.app.state.triton.ready_models()
+        ready = await request.app.state.triton.ready_models(settings.models)
         data = [
             {"id": name, "object": "model", "created": 0, "owned_by": "triton"}
             for name in models.listed(settings.models, ready)
@@ -56,7 +56,7 @@ def create_app(settings: Settings) -> ASGIApp:
 
     @app.get("/v1/models/{model}")
     async def get_model(model: str, request: Request) -> JSONResponse:
-        ready = await request.app.state.triton.ready_models()
+        ready = await request.app.state.triton.ready_models(settings.models)
         if model not in models.listed(settings.models, ready):
             raise errors.ApiError(
                 404, f"The model '{model}' does not exist", "model", "model_not_found"
@@ -66,7 +66,7 @@ def create_app(settings: Settings) -> ASGIApp:
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:
         """200 only when Triton is ready and so is every model this door serves."""
-        ready = await request.app.state.triton.ready_models()
+        ready = await request.app.state.triton.ready_models(settings.models)
         missing = [name for name in settings.models if name not in ready]
         if missing:
             return JSONResponse({"status": "not ready", "missing": missing}, status_code=503)

@@ -10,7 +10,7 @@ client that goes away stops generation on the server.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from typing import Any
 
 import grpc
@@ -78,15 +78,22 @@ class Triton:
     async def close(self) -> None:
         await self.client.close()
 
-    async def ready_models(self) -> set[str]:
-        """The models Triton has loaded and ready; empty when the server is not ready."""
+    async def ready_models(self, names: Iterable[str]) -> set[str]:
+        """Which of `names` Triton has ready; empty when the server is not ready.
+
+        Asked model by model through the health API: the repository index would say it in one
+        call, but a production server keeps that API behind its admin key.
+        """
         try:
             if not await self.client.is_server_ready(client_timeout=5):
                 return set()
-            index = await self.client.get_model_repository_index(as_json=True, client_timeout=5)
+            names = list(names)
+            ready = await asyncio.gather(
+                *(self.client.is_model_ready(name, client_timeout=5) for name in names)
+            )
         except InferenceServerException:
             return set()
-        return {m["name"] for m in index.get("models", []) if m.get("state") == "READY"}
+        return {name for name, up in zip(names, ready, strict=True) if up}
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray]) -> Outputs:
         """One unary request; Triton's errors come back as the OpenAI error to answer."""

@@ -1,16 +1,36 @@
-"""Fixtures shared by the test modules: the model store and real tritonservers."""
+"""Fixtures shared by the test modules: the model store and real tritonservers.
+
+The real servers are local tritonservers (tools/local_server.py), or containers of the built
+image when TRITON_IMAGE names one (`./scripts/image test` sets it): the same tests, the same
+models and settings, served as deployed. Tests marked `image` need the image and are
+deselected without it.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tools.container_server import ContainerTritonServer
 from tools.local_server import LocalTritonServer
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The image the real-server tests run against instead of a local server (unset: local).
+TRITON_IMAGE = os.environ.get("TRITON_IMAGE", "")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without an image to test, the image's own tests are deselected (not skipped)."""
+    if TRITON_IMAGE:
+        return
+    kept = [item for item in items if item.get_closest_marker("image") is None]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+        items[:] = kept
 
 
 @pytest.fixture(scope="session")
@@ -22,17 +42,36 @@ def model_store() -> Path:
     return store
 
 
+def new_server(
+    log: Path,
+    models: list[str],
+    repository: Path = ROOT / "model_repository",
+    env: dict[str, str] | None = None,
+    extra_args: list[str] | None = None,
+) -> LocalTritonServer:
+    """A server of the kind under test (local, or the image's container), not yet started."""
+    common: dict[str, Any] = {
+        "model_repository": repository,
+        "models": models,
+        "log_path": log,
+        "env_overrides": env or {},
+        "extra_args": extra_args or [],
+    }
+    if TRITON_IMAGE:
+        return ContainerTritonServer(image=TRITON_IMAGE, **common)
+    return LocalTritonServer(**common)
+
+
 def start_server(
     tmp_path_factory: pytest.TempPathFactory,
     models: list[str],
     repository: Path = ROOT / "model_repository",
     env: dict[str, str] | None = None,
+    extra_args: list[str] | None = None,
 ) -> LocalTritonServer:
     """A running server with `models` loaded; its log is printed if it fails to start."""
     log = tmp_path_factory.mktemp("tritonserver") / "server.log"
-    server = LocalTritonServer(
-        model_repository=repository, models=models, log_path=log, env_overrides=env or {}
-    )
+    server = new_server(log, models, repository, env, extra_args)
     try:
         server.__enter__()
     except (RuntimeError, TimeoutError) as exc:

@@ -26,7 +26,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 S = TypeVar("S", bound="ServerProcess")
@@ -209,9 +209,9 @@ class LocalTritonServer(ServerProcess):
             return False
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`./scripts/serve`: run the server in the foreground until Ctrl-C or SIGTERM."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
+def argument_parser(description: str | None) -> argparse.ArgumentParser:
+    """The options `./scripts/serve` and `./scripts/image run` share (same names, same defaults)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--address", default=os.environ.get("BIND_ADDRESS", "127.0.0.1"))
     parser.add_argument("--http-port", type=int, default=int(os.environ.get("PORT_HTTP", 8000)))
     parser.add_argument("--grpc-port", type=int, default=int(os.environ.get("PORT_GRPC", 8001)))
@@ -229,21 +229,68 @@ def main(argv: list[str] | None = None) -> int:
         "--no-openai", action="store_true", help="serve Triton alone, without the OpenAI door"
     )
     parser.add_argument("extra", nargs="*", help="further tritonserver arguments (after --)")
-    args = parser.parse_args(argv)
-    server = LocalTritonServer(
-        address=args.address,
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port,
-        models=args.models,
-        extra_args=args.extra,
-    )
+    return parser
+
+
+def server_options(args: argparse.Namespace) -> dict[str, Any]:
+    """LocalTritonServer's fields from `argument_parser`'s options."""
+    return {
+        "address": args.address,
+        "http_port": args.http_port,
+        "grpc_port": args.grpc_port,
+        "metrics_port": args.metrics_port,
+        "models": args.models,
+        "extra_args": args.extra,
+    }
+
+
+def run_foreground(processes: list[ServerProcess], banner: str) -> int:
+    """Start `processes` in order, each once the one before is ready, print `banner`, and
+    serve until Ctrl-C, SIGTERM or one of them exits (a crash of one ends all); stop them in
+    reverse order (the door before the Triton it holds streams open to)."""
 
     def forward(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
+    signal.signal(signal.SIGTERM, forward)
+    started: list[ServerProcess] = []
+    try:
+        for server in processes:
+            started.append(server.start())
+            server.wait_ready()
+        print(banner, flush=True)
+        running = [p.process for p in started if p.process is not None]
+        while all(p.poll() is None for p in running):
+            time.sleep(0.5)
+        return next(p.returncode for p in running if p.returncode is not None)
+    except KeyboardInterrupt:
+        print("\nstopping " + " and ".join(p.name for p in processes), flush=True)
+        return 0
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for server in reversed(started):
+            server.stop()
+
+
+def endpoints(http_port: int, grpc_port: int, metrics_port: int, openai_url: str | None) -> str:
+    return (
+        f"  HTTP:    http://localhost:{http_port}   (curl localhost:{http_port}/v2/health/ready)\n"
+        f"  gRPC:    localhost:{grpc_port}\n"
+        f"  metrics: http://localhost:{metrics_port}/metrics\n"
+        + (f"  OpenAI:  {openai_url}/v1   (docs/openai.md)\n" if openai_url else "")
+        + "Ctrl-C stops it."
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`./scripts/serve`: run the server in the foreground until Ctrl-C or SIGTERM."""
+    args = argument_parser(main.__doc__).parse_args(argv)
+    server = LocalTritonServer(**server_options(args))
     from tools.openai_door import OpenAIDoor  # here: that module builds on this one
 
+    processes: list[ServerProcess] = [server]
     door = None
     if args.openai_port and not args.no_openai:
         door = OpenAIDoor(
@@ -252,38 +299,11 @@ def main(argv: list[str] | None = None) -> int:
             address=args.address,
             models=args.models,
         )
-
-    signal.signal(signal.SIGTERM, forward)
-    server.start()
-    try:
-        server.wait_ready()
-        if door is not None:
-            door.start().wait_ready()
-        print(
-            f"\ntritonserver is ready\n"
-            f"  HTTP:    http://localhost:{server.http_port}   (curl localhost:{server.http_port}/v2/health/ready)\n"
-            f"  gRPC:    localhost:{server.grpc_port}\n"
-            f"  metrics: http://localhost:{server.metrics_port}/metrics\n"
-            + (f"  OpenAI:  {door.url}/v1   (docs/openai.md)\n" if door else "")
-            + "Ctrl-C stops it.",
-            flush=True,
-        )
-        # Serve until one of them exits (a crash of either ends both).
-        watched = [server.process, door.process if door else None]
-        processes = [p for p in watched if p is not None]
-        while all(p.poll() is None for p in processes):
-            time.sleep(0.5)
-        return next(p.returncode for p in processes if p.returncode is not None)
-    except KeyboardInterrupt:
-        print("\nstopping tritonserver" + (" and the OpenAI door" if door else ""), flush=True)
-        return 0
-    except (RuntimeError, TimeoutError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        if door is not None:
-            door.stop()  # first: it holds streams open to Triton
-        server.stop()
+        processes.append(door)
+    banner = "\ntritonserver is ready\n" + endpoints(
+        server.http_port, server.grpc_port, server.metrics_port, door.url if door else None
+    )
+    return run_foreground(processes, banner)
 
 
 if __name__ == "__main__":
