@@ -11,6 +11,7 @@
   bench-stt     the speech-to-text benchmark (in-process, served, quantizations, CTranslate2)
   bench-tts     the text-to-speech benchmark (real-time factor, time to first audio)
   bench-vlm     the vision-language benchmark (batching, ceiling, time to first token)
+  bench-voice   voice_chat's time to first audio against stt + llm + tts called in a row
   build-peers   build llama-server, its GGUF and the CTranslate2 venv (never in CI)
 
 `run` needs a server, and is what runs when no command is named (scripts/loadtest -m stt);
@@ -27,7 +28,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from . import baseline, benchmarks, build_peers, door, peers, run, tts, vlm
+from . import baseline, benchmarks, build_peers, door, peers, run, tts, vlm, voice
 from .options import add_load_options, add_local_options
 from .server import NotReady
 from .stt import cli as stt
@@ -57,6 +58,7 @@ BENCHMARKS = (
     ("bench-stt", stt),
     ("bench-tts", tts),
     ("bench-vlm", vlm),
+    ("bench-voice", voice),
     ("build-peers", build_peers),
 )
 HANDLERS: dict[str, Handler] = {
