@@ -34,6 +34,7 @@ from tests.conftest import ROOT
 from tools.container.__main__ import (
     ADMIN_HEADER,
     RESTRICTED_APIS,
+    admin_key,
     door_environment,
     healthcheck,
     server_args,
@@ -140,18 +141,17 @@ def test_the_context_holds_what_the_recipe_copies_and_the_package_needs() -> Non
 
 
 def test_production_closes_the_admin_apis_and_development_logs_verbosely() -> None:
-    production = server_args({"TRITON_ADMIN_KEY": "s3cret"})
+    production = server_args({}, "s3cret")
     restricted = f"{RESTRICTED_APIS}:{ADMIN_HEADER}=s3cret"
     assert f"--http-restricted-api={restricted}" in production
     assert f"--grpc-restricted-protocol={restricted}" in production
     assert "--strict-readiness=true" in production and "--log-verbose=0" in production
     assert "--load-model=*" in production and "--model-control-mode=explicit" in production
-    # Without a key the APIs are closed to everyone: a fresh random key each start.
-    keys = {
-        next(a for a in server_args({}) if a.startswith("--http-restricted-api")) for _ in range(2)
-    }
-    assert len(keys) == 2
-    development = server_args({"TRITON_PROFILE": "development", "MODELS": "stt, llm"})
+    # Without a key set, a fresh random key each start: the APIs are closed to all but the
+    # entry point's watchdog.
+    assert admin_key({"TRITON_ADMIN_KEY": "s3cret"}) == "s3cret"
+    assert len({admin_key({}) for _ in range(2)}) == 2
+    development = server_args({"TRITON_PROFILE": "development", "MODELS": "stt, llm"}, "k")
     assert not [a for a in development if "restricted" in a]
     assert "--log-verbose=1" in development
     assert [a for a in development if a.startswith("--load-model")] == [
@@ -171,7 +171,7 @@ def test_production_closes_the_admin_apis_and_development_logs_verbosely() -> No
 )
 def test_a_bad_setting_stops_the_start_naming_it(env: dict[str, str], message: str) -> None:
     with pytest.raises(SystemExit, match=re.escape(message)):
-        server_args(env)
+        server_args(env, "k")
 
 
 def test_the_door_talks_to_this_containers_triton() -> None:

@@ -15,20 +15,20 @@ import queue
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import openai
 import pytest
 import soundfile as sf
 import tritonclient.grpc as grpcclient
-import tritonclient.http as httpclient
 
 from tests import chat_client, speech
 from tests.conftest import ROOT, new_server
+from tests.served import model_ready, speak, transcribe
 from tools.container_server import ContainerTritonServer
 from tools.local_server import free_port
 
@@ -69,26 +69,6 @@ def inspect(server: ContainerTritonServer, template: str) -> Any:
             server, "inspect", "--format", f"{{{{json {template}}}}}", server.container_name
         ).stdout
     )
-
-
-def transcribe(server: ContainerTritonServer, audio: bytes) -> str:
-    client = httpclient.InferenceServerClient(server.http_url, network_timeout=300)
-    try:
-        tensor = httpclient.InferInput("audio", [1, 1], "BYTES")
-        tensor.set_data_from_numpy(np.array([[audio]], dtype=np.object_))
-        return client.infer("stt", [tensor]).as_numpy("text")[0, 0].decode()
-    finally:
-        client.close()
-
-
-def speak(server: ContainerTritonServer, text: str) -> bytes:
-    client = httpclient.InferenceServerClient(server.http_url, network_timeout=300)
-    try:
-        tensor = httpclient.InferInput("text", [1, 1], "BYTES")
-        tensor.set_data_from_numpy(np.array([[text.encode()]], dtype=np.object_))
-        return bytes(client.infer("tts", [tensor]).as_numpy("audio")[0, 0])
-    finally:
-        client.close()
 
 
 def test_every_model_is_ready(container: ContainerTritonServer) -> None:
@@ -167,6 +147,40 @@ def test_the_door_answers_with_the_official_client(container: ContainerTritonSer
         model="whisper-1", file=("question.flac", speech.encode(samples, rate, fmt="FLAC"))
     )
     assert speech.word_error_rate(SENTENCE, heard.text) <= 0.15, heard.text
+
+
+KILL_STUB = """
+import os, pathlib, signal
+for proc in pathlib.Path("/proc").iterdir():
+    try:
+        argv = (proc / "cmdline").read_bytes().split(b"\\0")
+    except OSError:
+        continue
+    if argv[0].endswith(b"triton_python_backend_stub") and argv[8] == b"tts_0_0":
+        os.kill(int(proc.name), signal.SIGKILL)
+        print(proc.name)
+"""
+
+
+def test_the_watchdog_brings_back_a_model_whose_stub_was_killed(
+    container: ContainerTritonServer,
+) -> None:
+    """The entry point's watchdog, with the production profile's admin key: tts goes down
+    (not ready) and comes back by itself after one of its stubs is killed."""
+    killed = engine(container, "exec", container.container_name, "python", "-c", KILL_STUB)
+    assert killed.returncode == 0 and killed.stdout.strip(), killed
+    states = [model_ready(container, "tts")]
+    deadline = time.monotonic() + 300
+    while states[-1]:
+        assert time.monotonic() < deadline, "tts never went down"
+        time.sleep(0.05)
+        states.append(model_ready(container, "tts"))
+    while not states[-1]:
+        assert time.monotonic() < deadline, "tts never came back"
+        time.sleep(0.2)
+        states.append(model_ready(container, "tts"))
+    text = "The children played in the garden until it was dark."
+    assert speech.word_error_rate(text, transcribe(container, speak(container, text))) <= 0.15
 
 
 def test_stop_answers_requests_in_flight_and_exits_without_being_killed(

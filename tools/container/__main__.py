@@ -5,9 +5,9 @@ it off), the OpenAI door (`python -m openai_api`) talking to it over gRPC, and s
 supervisor: `docker stop`'s SIGTERM stops the door first (it drains its own requests, which
 are Triton's requests too), then tritonserver, which answers what is in flight (up to
 EXIT_TIMEOUT seconds) and exits; either one ending on its own ends the other and the
-container with its exit code. With the door off, `serve` replaces itself with tritonserver
-(exec), which is then PID 1's direct child. Settings come from the environment, the same names
-./scripts/serve reads (docs/deployment.md):
+container with its exit code. Meanwhile its watchdog (tools/container/watchdog.py) reloads a
+model whose stub process died, which Triton itself neither notices nor repairs. Settings come
+from the environment, the same names ./scripts/serve reads (docs/deployment.md):
 
   PORT_HTTP, PORT_GRPC, PORT_METRICS   8000, 8001, 8002
   OPENAI_PORT                          9000 (0: no door); the door's other OPENAI_* settings
@@ -19,12 +19,14 @@ container with its exit code. With the door off, `serve` replaces itself with tr
                                        that unlocks the model-control, shared-memory, logging
                                        and trace APIs (unset: they stay closed)
   EXIT_TIMEOUT                         seconds `stop` waits for requests in flight (default 25)
+  WATCHDOG_INTERVAL                    seconds between the watchdog's looks (default 2; 0: off)
 
 Any other command runs as given (`docker run IMAGE bash`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -33,7 +35,9 @@ import sys
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+
+from tools.container.watchdog import Watchdog
 
 PROFILES = ("production", "development")
 #: What production hides behind the admin key: loading and unloading models, registering
@@ -63,8 +67,14 @@ def _models(env: Mapping[str, str]) -> list[str]:
     return [m.strip() for m in env.get("MODELS", "").split(",") if m.strip()]
 
 
-def server_args(env: Mapping[str, str]) -> list[str]:
-    """tritonserver's arguments for this environment (without the program name)."""
+def admin_key(env: Mapping[str, str]) -> str:
+    """TRITON_ADMIN_KEY, or a random key: the restricted APIs are then closed to all but us."""
+    return env.get("TRITON_ADMIN_KEY") or secrets.token_hex(16)
+
+
+def server_args(env: Mapping[str, str], key: str) -> list[str]:
+    """tritonserver's arguments for this environment (without the program name); `key` opens
+    the restricted APIs in the production profile."""
     profile = env.get("TRITON_PROFILE", "production") or "production"
     if profile not in PROFILES:
         raise SystemExit(f"TRITON_PROFILE={profile!r} is not one of {', '.join(PROFILES)}")
@@ -90,8 +100,6 @@ def server_args(env: Mapping[str, str]) -> list[str]:
         "--strict-readiness=true",
     ]
     if profile == "production":
-        # Without a key set, a random one: the restricted APIs are closed to everyone.
-        key = env.get("TRITON_ADMIN_KEY") or secrets.token_hex(16)
         restricted = f"{RESTRICTED_APIS}:{ADMIN_HEADER}={key}"
         args += [
             f"--http-restricted-api={restricted}",
@@ -130,23 +138,44 @@ def _end(process: subprocess.Popen[bytes], grace: float) -> int:
     return 128 - code if code < 0 else code
 
 
-def supervise(triton: list[str], door: list[str], door_env: dict[str, str], grace: int) -> int:
-    """Run tritonserver and the door until a signal or until one of them ends; stop both."""
+def supervise(
+    triton: list[str],
+    door: list[str] | None,
+    door_env: dict[str, str],
+    grace: int,
+    watchdog: Callable[[int], Watchdog | None] = lambda _pid: None,
+    interval: float = 2.0,
+) -> int:
+    """Run tritonserver (and the door) until a signal or until one of them ends; stop both.
+
+    `watchdog` makes the watchdog for the server's PID; it looks every `interval` seconds on a
+    thread of its own, so that a reload that takes a while never delays a stop."""
     stop = threading.Event()
 
     def on_signal(_signum: int, _frame: object) -> None:
         stop.set()
 
+    def watch(guard: Watchdog) -> None:
+        while not stop.wait(interval):
+            # Not up yet, or busy loading: look again next time.
+            with contextlib.suppress(urllib.error.URLError, OSError, KeyError, ValueError):
+                guard.check()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     server = subprocess.Popen(triton)
-    front = subprocess.Popen(door, env=door_env)
+    front = subprocess.Popen(door, env=door_env) if door else None
+    guard = watchdog(server.pid)
+    if guard is not None:
+        threading.Thread(target=watch, args=(guard,), daemon=True).start()
     while not stop.wait(0.5):
-        if server.poll() is not None or front.poll() is not None:
+        if server.poll() is not None or (front is not None and front.poll() is not None):
             break
-    door_code = _end(front, DOOR_GRACE_SECONDS)
+    stopped = stop.is_set()
+    stop.set()  # ends the watchdog's loop
+    door_code = _end(front, DOOR_GRACE_SECONDS) if front is not None else 0
     server_code = _end(server, grace + 5)
-    if stop.is_set():
+    if stopped:
         return server_code
     # One of them ended by itself: the container fails with the first non-zero code.
     return server_code or door_code or 1
@@ -172,15 +201,22 @@ def main(argv: Sequence[str]) -> int:
     command, *rest = list(argv) or ["serve"]
     env = os.environ
     if command == "serve":
-        triton = ["tritonserver", *server_args(env), *rest]
+        key = admin_key(env)
+        triton = ["tritonserver", *server_args(env, key), *rest]
         door_env = door_environment(env)
-        if door_env is None:
-            os.execvp(triton[0], triton)
+        interval = float(env.get("WATCHDOG_INTERVAL") or 2)
+        http = f"{_local_host(env)}:{_port(env, 'PORT_HTTP', 8000)}"
+
+        def watchdog(pid: int) -> Watchdog | None:
+            return Watchdog(http, pid, headers={ADMIN_HEADER: key}) if interval > 0 else None
+
         return supervise(
             triton,
-            [sys.executable, "-m", "openai_api"],
-            door_env,
+            None if door_env is None else [sys.executable, "-m", "openai_api"],
+            door_env or {},
             int(env.get("EXIT_TIMEOUT") or 25),
+            watchdog,
+            interval,
         )
     if command == "build-store":
         store = env.get("MODEL_STORE", "/models")

@@ -1,0 +1,43 @@
+"""One request to a served speech model, and a model's readiness: the calls tests of a whole
+server (local or the image's container) make between their real assertions."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+import numpy as np
+import tritonclient.http as httpclient
+
+from tools.local_server import LocalTritonServer
+
+
+def transcribe(server: LocalTritonServer, audio: bytes) -> str:
+    """What `stt` hears in one encoded recording, over HTTP."""
+    client = httpclient.InferenceServerClient(server.http_url, network_timeout=300)
+    try:
+        tensor = httpclient.InferInput("audio", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[audio]], dtype=np.object_))
+        return client.infer("stt", [tensor]).as_numpy("text")[0, 0].decode()
+    finally:
+        client.close()
+
+
+def speak(server: LocalTritonServer, text: str) -> bytes:
+    """`text` spoken by `tts`: the encoded audio (WAV by default)."""
+    client = httpclient.InferenceServerClient(server.http_url, network_timeout=300)
+    try:
+        tensor = httpclient.InferInput("text", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[text.encode()]], dtype=np.object_))
+        return bytes(client.infer("tts", [tensor]).as_numpy("audio")[0, 0])
+    finally:
+        client.close()
+
+
+def model_ready(server: LocalTritonServer, model: str) -> bool:
+    """GET /v2/models/<model>/ready: 200, or 400 while the model is not loaded."""
+    try:
+        with urllib.request.urlopen(f"http://{server.http_url}/v2/models/{model}/ready") as r:
+            return r.status == 200
+    except urllib.error.HTTPError:
+        return False

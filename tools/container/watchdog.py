@@ -1,0 +1,116 @@
+"""Honest health: a model whose backend stub process died is taken down and loaded again.
+
+Triton 2.51 neither restarts a Python backend stub that dies (killed by the OOM killer, a
+crash in a native library) nor reports it: the model stays READY while every request routed to
+the dead instance fails with "Stub process '<instance>' is not healthy". The watchdog looks at
+what Triton does not: each stub is a process whose arguments name its model directory, its
+instance and its server's PID, so a dead one is seen from /proc. When a READY model has fewer
+live stubs than its config's instances, the watchdog unloads it (it stops being ready at once:
+the model's ready endpoint, and the server's under --strict-readiness, say so to a load
+balancer) and loads it again through the repository API, which starts fresh stubs.
+
+The image's entry point runs it beside tritonserver (WATCHDOG_INTERVAL seconds between looks,
+2 by default, 0 turns it off); in the production profile it carries the admin key that the
+repository API requires.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STUB = "triton_python_backend_stub"
+
+
+@dataclass(frozen=True)
+class Stub:
+    pid: int
+    model: str
+    instance: str
+
+
+def stubs(server_pid: int, proc: Path = Path("/proc")) -> list[Stub]:
+    """The live stub processes of the tritonserver with `server_pid`.
+
+    A stub's arguments (python_backend's stub_launcher): the model's model.py, its shared
+    memory region, two sizes, the server's PID, the backend directory, an IPC handle, the
+    instance name, the runtime modality.
+    """
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            status = (entry / "stat").read_text()
+        except OSError:  # the process ended while we looked
+            continue
+        if (
+            len(argv) < 9
+            or not argv[0].endswith(STUB.encode())
+            or argv[5] != str(server_pid).encode()
+        ):
+            continue
+        if status.rsplit(")", 1)[-1].split()[0] == "Z":  # dead, not yet reaped
+            continue
+        model = Path(argv[1].decode()).parent.parent.name
+        found.append(Stub(int(entry.name), model, argv[8].decode()))
+    return found
+
+
+@dataclass
+class Watchdog:
+    """Checks one tritonserver's models against its live stubs; reloads the ones missing some."""
+
+    http_url: str  # host:port of Triton's HTTP endpoint
+    server_pid: int
+    headers: dict[str, str] = field(default_factory=dict)  # the admin key, in production
+    log: Callable[[str], None] = print
+    _instances: dict[str, int] = field(default_factory=dict)
+
+    def _call(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        request = urllib.request.Request(
+            f"http://{self.http_url}{path}",
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", **self.headers},
+            method="GET" if body is None else "POST",
+        )
+        with urllib.request.urlopen(request, timeout=600) as response:
+            text = response.read()
+        return json.loads(text) if text else None
+
+    def ready_models(self) -> list[str]:
+        index = self._call("/v2/repository/index", {"ready": True})
+        return sorted({m["name"] for m in index if m.get("state") == "READY"})
+
+    def instances(self, model: str) -> int:
+        """How many stubs `model` runs: the sum of its instance groups' counts."""
+        if model not in self._instances:
+            config = self._call(f"/v2/models/{model}/config")
+            self._instances[model] = sum(g.get("count", 1) for g in config["instance_group"])
+        return self._instances[model]
+
+    def check(self) -> list[str]:
+        """One look; the models it reloaded."""
+        live = Counter(stub.model for stub in stubs(self.server_pid))
+        broken = [m for m in self.ready_models() if live[m] < self.instances(m)]
+        for model in broken:
+            self.recover(model, live[model])
+        return broken
+
+    def recover(self, model: str, alive: int) -> None:
+        started = time.monotonic()
+        self.log(
+            f"watchdog: {model} has {alive} of {self.instances(model)} stub processes alive; "
+            "unloading it (not ready) and loading it again"
+        )
+        self._call(f"/v2/repository/models/{model}/unload", {})
+        self._instances.pop(model, None)
+        self._call(f"/v2/repository/models/{model}/load", {})
+        self.log(f"watchdog: {model} is serving again ({time.monotonic() - started:.1f} s)")
