@@ -24,7 +24,7 @@ from serving.adapters import ServedModel, UnaryModel
 from serving.errors import cancelled_response
 from serving.protocols import Request, Response
 from serving.streaming import Stream
-from shared.chat import MAX_STOP_CHARS, ChatRequest, Completion
+from shared.chat import FINISH_REASONS, MAX_STOP_CHARS, ChatRequest, Completion
 
 
 def read_chat_requests(request: Request, settings: Mapping[str, Any]) -> list[ChatRequest]:
@@ -127,7 +127,7 @@ class GenerationMetrics:
         self._per_token = metrics.Family(metrics.PER_TOKEN, model_name)
         self._prompt_tokens = metrics.Family(metrics.PROMPT_TOKENS, model_name)
         self._tokens = metrics.Family(metrics.GENERATED_TOKENS, model_name)
-        self._completions = metrics.Family(metrics.COMPLETIONS, model_name)
+        self._completions = metrics.Family(metrics.COMPLETIONS, model_name, FINISH_REASONS)
         self._cancelled = metrics.Family(metrics.GENERATION_CANCELLED, model_name)
         self._steps = metrics.Family(metrics.DECODE_STEPS, model_name)
         self._step_rows = metrics.Family(metrics.DECODE_STEP_ROWS, model_name)

@@ -46,7 +46,7 @@ class ErrorCounter:
     NAME = metrics.ERRORS.name
 
     def __init__(self, model_name: str) -> None:
-        self._errors = metrics.Family(metrics.ERRORS, model_name)
+        self._errors = metrics.Family(metrics.ERRORS, model_name, [c.value for c in ErrorCode])
         self._cancelled = metrics.Family(metrics.CANCELLED, model_name)
         # Built here, in initialize(), not at import: Triton imports model.py (and so this
         # module) for auto-complete before the C++ half of pb_utils, TritonError included, exists.

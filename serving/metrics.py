@@ -17,6 +17,7 @@ so the glue adds up what it can per batch and calls once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,9 +200,13 @@ class Family:
     for per-instance gauges); the others are given per call and must be exactly the spec's
     remaining labels, so no series with a label outside the spec can appear. The MetricFamily
     object is kept as long as its series: Triton deletes a family's series with it.
+
+    A series is exported from its creation, at 0: one with no other labels is made here, and
+    `known` values of the other label are made here too, so that `rate()` and `increase()`
+    see a series' first counts (a counter that appears at 1 loses them).
     """
 
-    def __init__(self, spec: Spec, model: str, **fixed: str) -> None:
+    def __init__(self, spec: Spec, model: str, known: Sequence[str] = (), **fixed: str) -> None:
         # Imported here, not at the top: the catalogue is read without a server too (the
         # docs and Prometheus rules tests).
         import triton_python_backend_utils as pb_utils
@@ -214,6 +219,11 @@ class Family:
         kind = getattr(pb_utils.MetricFamily, spec.kind.upper())
         self._family = pb_utils.MetricFamily(name=spec.name, description=spec.help, kind=kind)
         self._series: dict[tuple[str, ...], Any] = {}
+        if not self._free:
+            self.series()
+        for value in known:
+            (label,) = self._free
+            self.series(**{label: value})
 
     def series(self, **labels: str) -> Any:
         """The pb_utils.Metric of these labels (the spec's labels other than the fixed ones)."""

@@ -31,6 +31,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from serving import metrics
+from shared.errors import ErrorCode
 from tests.chat_client import arrays, http
 from tests.conftest import start_server
 from tests.speech import encode
@@ -211,7 +212,9 @@ def test_tts_audio_out_and_stream_first_audio(server: LocalTritonServer) -> None
 
 def test_every_exported_metric_is_in_the_catalogue(server: LocalTritonServer) -> None:
     """What the models export is what `serving.metrics.CATALOGUE` (and docs/metrics.md) lists:
-    same type, same label names; each instance reports its load time and footprint."""
+    same type, same label names; each instance reports its load time and footprint; counters
+    exist at 0 before their first count (no request here was ever cancelled, and no error
+    ever had the code ALREADY_EXISTS), so that rate() sees that count."""
     scrape = Scrape(server)
     catalogue = {spec.name.removesuffix("_total"): spec for spec in metrics.CATALOGUE}
     exported = {name: f for name, f in scrape.families.items() if name.startswith("multimodal_")}
@@ -228,6 +231,14 @@ def test_every_exported_metric_is_in_the_catalogue(server: LocalTritonServer) ->
         for spec in (metrics.LOAD_SECONDS, metrics.FOOTPRINT):
             values = [s.value for s in exported[spec.name].samples if s.labels["model"] == model]
             assert values and all(v > 0 and math.isfinite(v) for v in values), (model, spec.name)
+        codes = {
+            s.labels["code"]
+            for s in exported[metrics.ERRORS.name.removesuffix("_total")].samples
+            if s.labels["model"] == model
+        }
+        assert codes >= {code.value for code in ErrorCode}, model
+        cancelled = exported[metrics.CANCELLED.name.removesuffix("_total")].samples
+        assert [s.labels for s in cancelled if s.labels["model"] == model] == [{"model": model}]
 
 
 def query(port: int, path: str, **params: str) -> Any:
