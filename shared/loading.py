@@ -144,6 +144,30 @@ class LoadPlan:
         return cls({**values, **settings}, placement, Path(model_dir))
 
 
+#: The file in a version directory (`<model>/<version>/`) whose settings that version alone
+#: loads with: what makes versions 1 and 2 of one model differ (shared.params, precedence 0).
+VERSION_PARAMETERS = "parameters.json"
+
+
+def version_parameters(args: dict[str, str]) -> dict[str, str]:
+    """The loading version's own settings: `{"setting": "value", ...}` from its
+    `parameters.json`, or none when the version has no such file."""
+    import json
+
+    path = Path(args["model_repository"]) / args["model_version"] / VERSION_PARAMETERS
+    if not path.is_file():
+        return {}
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path} is not readable JSON: {exc}") from exc
+    if not isinstance(values, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in values.items()
+    ):
+        raise ModelLoadError(f"{path} must map setting names to string values")
+    return values
+
+
 def plan_load(
     args: dict[str, str], specs: Sequence[Param], environ: dict[str, str] | None = None
 ) -> LoadPlan:
@@ -156,7 +180,8 @@ def plan_load(
     from shared.quantization import resolve_device, resolve_placement
 
     model_config = json.loads(args["model_config"])
-    settings = resolve(specs, model_config, args["model_name"], environ)
+    version = version_parameters(args)
+    settings = resolve(specs, model_config, args["model_name"], environ, version)
     device = resolve_device(args["model_instance_kind"], args["model_instance_device_id"])
     placement = resolve_placement(settings["quantization"], settings["dtype"], device)
     model_dir = resolve_model_dir(settings["model_path"], model_store_root(environ))

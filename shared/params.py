@@ -1,6 +1,8 @@
 """Model settings: `config.pbtxt` parameters, overridden by environment variables.
 
 Precedence, highest first:
+  0. the `parameters.json` of the model version being loaded (`<model>/<version>/`), which is
+     how two versions of one model differ for an A/B test (docs/deployment.md#model-versions);
   1. the environment variable `<MODEL>_<PARAM>` (model name upper-cased, non-alphanumerics as
      `_`), for example `STT_QUANTIZATION=nf4` for the model `stt`, or one of the parameter's
      documented aliases;
@@ -107,21 +109,32 @@ def resolve(
     model_config: Mapping[str, Any],
     model_name: str,
     environ: Mapping[str, str] | None = None,
+    version: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Resolve every setting in `specs` by the precedence in this module's docstring."""
+    """Resolve every setting in `specs` by the precedence in this module's docstring;
+    `version` holds the loading version's own values (`version_parameters`)."""
     environ = os.environ if environ is None else environ
     from_config = config_parameters(model_config)
+    from_version = dict(version or {})
     known = {spec.name for spec in specs}
-    unknown = sorted(set(from_config) - known)
-    if unknown:
-        raise ModelLoadError(
-            f"config.pbtxt of model {model_name!r} has unknown parameters {unknown}; "
-            f"known: {sorted(known)}"
-        )
+    for source, given in (
+        ("config.pbtxt", from_config),
+        ("the version's parameters.json", from_version),
+    ):
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise ModelLoadError(
+                f"{source} of model {model_name!r} has unknown parameters {unknown}; "
+                f"known: {sorted(known)}"
+            )
     values: dict[str, Any] = {}
     for spec in specs:
         env_hit = next((n for n in spec.env_names(model_name) if environ.get(n, "") != ""), None)
-        if env_hit is not None:
+        if from_version.get(spec.name, "") != "":
+            values[spec.name] = spec.convert(
+                from_version[spec.name], "the version's parameters.json"
+            )
+        elif env_hit is not None:
             values[spec.name] = spec.convert(environ[env_hit], f"environment variable {env_hit}")
         elif from_config.get(spec.name, "") != "":
             values[spec.name] = spec.convert(from_config[spec.name], "config.pbtxt")

@@ -55,3 +55,32 @@ def test_a_float_setting_must_be_finite() -> None:
     for bad in ("nan", "inf"):
         with pytest.raises(ModelLoadError, match="'temperature' from config.pbtxt is"):
             setting.convert(bad, "config.pbtxt")
+
+
+def test_a_version_parameters_json_wins_and_is_checked(tmp_path) -> None:
+    """A version's own settings beat the environment (an A/B pair stays a pair), and what
+    it names is held to the same rules as config.pbtxt."""
+    from shared.loading import version_parameters
+
+    env = {"STT_QUANTIZATION": "nf4"}
+    version = {"quantization": "int8"}
+    assert (
+        resolve(SPECS, config(quantization="none"), "stt", env, version)["quantization"] == "int8"
+    )
+    assert resolve(SPECS, config(quantization="none"), "stt", env, {})["quantization"] == "nf4"
+    with pytest.raises(ModelLoadError, match=r"parameters.json of model 'stt' has unknown"):
+        resolve(SPECS, config(), "stt", {}, {"quantisation": "int8"})
+    with pytest.raises(ModelLoadError, match="the version's parameters.json is 'int3'"):
+        resolve(SPECS, config(), "stt", {}, {"quantization": "int3"})
+
+    args = {"model_repository": str(tmp_path), "model_version": "2"}
+    assert version_parameters(args) == {}  # no file: nothing of its own
+    (tmp_path / "2").mkdir()
+    (tmp_path / "2" / "parameters.json").write_text('{"quantization": "int8"}')
+    assert version_parameters(args) == version
+    (tmp_path / "2" / "parameters.json").write_text('{"max_audio_seconds": 30}')
+    with pytest.raises(ModelLoadError, match="must map setting names to string values"):
+        version_parameters(args)
+    (tmp_path / "2" / "parameters.json").write_text("{")
+    with pytest.raises(ModelLoadError, match="not readable JSON"):
+        version_parameters(args)

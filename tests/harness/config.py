@@ -44,6 +44,18 @@ def version_dirs(model_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
+def served_versions(config: ModelConfig, model_dir: Path) -> list[int]:
+    """The versions the server loads under the config's version_policy (default: latest 1)."""
+    versions = version_dirs(model_dir)
+    policy = config.version_policy
+    if policy.HasField("all"):
+        return versions
+    if policy.HasField("specific"):
+        return [v for v in versions if v in set(policy.specific.versions)]
+    latest = policy.latest.num_versions if policy.HasField("latest") else 1
+    return versions[-latest:]
+
+
 def complete(
     config: ModelConfig,
     model_dir: Path,

@@ -178,10 +178,10 @@ class ModelHarness:
         self.config = model_config.complete(
             model_config.read(self.model_dir), self.model_dir, **self._overrides
         )
-        versions = model_config.version_dirs(self.model_dir)
+        versions = model_config.served_versions(self.config, self.model_dir)
         if not versions:
-            raise FileNotFoundError(f"{self.model_dir} has no numbered version directory")
-        self.version = versions[-1]  # version_policy latest 1
+            raise FileNotFoundError(f"{self.model_dir} has no version directory its policy serves")
+        self.version = versions[-1]  # what a request without a version reaches
         self.version_dir = self.model_dir / str(self.version)
         self.name = self.config.name
         self.instance_name = model_config.instance_name(self.config)
