@@ -190,6 +190,8 @@ class LocalTritonServer(ServerProcess):
             f"--metrics-address={self.address}",
             f"--metrics-port={self.metrics_port}",
             "--allow-metrics=true",
+            # Latency quantiles (Triton 2.51 has no latency histograms): deploy/prometheus reads them.
+            "--metrics-config=summary_latencies=true",
             # Open client connections hold shutdown up to this long (default 30 s).
             f"--exit-timeout-secs={self.exit_timeout}",
         ]

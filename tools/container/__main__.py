@@ -91,6 +91,8 @@ def server_args(env: Mapping[str, str], key: str) -> list[str]:
         f"--metrics-address={address}",
         f"--metrics-port={_port(env, 'PORT_METRICS', 8002)}",
         "--allow-metrics=true",
+        # Latency quantiles (Triton 2.51 has no latency histograms): deploy/prometheus reads them.
+        "--metrics-config=summary_latencies=true",
         f"--exit-timeout-secs={exit_timeout}",
         # Explicit control: the models named are loaded at start; later loads and unloads go
         # through the repository API (behind the admin key in production).
