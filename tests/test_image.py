@@ -180,6 +180,10 @@ def test_the_door_talks_to_this_containers_triton() -> None:
     assert door is not None
     assert door["OPENAI_PORT"] == "9000" and door["OPENAI_HOST"] == "0.0.0.0"
     assert door["OPENAI_TRITON_URL"] == "127.0.0.1:9101" and door["OPENAI_MODELS"] == "stt"
+    # Models the door does not serve stay out of its list; none it serves: no door.
+    door = door_environment({"MODELS": "stt,voice_chat"})
+    assert door is not None and door["OPENAI_MODELS"] == "stt"
+    assert door_environment({"MODELS": "voice_chat"}) is None
     bound = door_environment({"BIND_ADDRESS": "10.1.2.3", "OPENAI_API_KEYS": "k"})
     assert bound is not None
     assert bound["OPENAI_TRITON_URL"] == "10.1.2.3:8001" and bound["OPENAI_API_KEYS"] == "k"

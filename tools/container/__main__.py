@@ -37,6 +37,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 
+from openai_api.settings import ALL_MODELS as DOOR_MODELS
 from tools.container.watchdog import Watchdog
 
 PROFILES = ("production", "development")
@@ -122,8 +123,12 @@ def door_environment(env: Mapping[str, str]) -> dict[str, str] | None:
     door["OPENAI_PORT"] = str(port)
     door.setdefault("OPENAI_HOST", env.get("BIND_ADDRESS", "0.0.0.0") or "0.0.0.0")
     door.setdefault("OPENAI_TRITON_URL", f"{_local_host(env)}:{_port(env, 'PORT_GRPC', 8001)}")
-    if _models(env):
-        door.setdefault("OPENAI_MODELS", ",".join(_models(env)))
+    if _models(env) and "OPENAI_MODELS" not in env:
+        # Of the models loaded, the ones the door serves; none of them: no door.
+        served = [m for m in _models(env) if m in DOOR_MODELS]
+        if not served:
+            return None
+        door["OPENAI_MODELS"] = ",".join(served)
     return door
 
 
