@@ -164,16 +164,20 @@ class BlsStages:
         request = _request(model, inputs, ["text", "finish_reason"])
         responses = await request.async_exec(decoupled=True)
         loop = asyncio.get_running_loop()
+        ended = False
         try:
             while (response := await loop.run_in_executor(None, next, responses, None)) is not None:
                 if response.has_error():
                     raise stage_error(model, response)
                 reason = _text(response, "finish_reason")
                 yield ChatPiece(_text(response, "text"), reason or None)
+            ended = True
         finally:
-            # Left early: the stub's iterator reads the rest of the stream when it is freed,
-            # blocking; read it on a worker thread, not on the event loop every turn shares.
-            loop.run_in_executor(None, collections.deque, responses, 0)
+            if not ended:
+                # Left early: the stub's iterator reads the rest of the stream when it is
+                # freed, blocking; read it on a worker thread, not on the event loop that
+                # every turn shares.
+                loop.run_in_executor(None, collections.deque, responses, 0)
 
     async def speak(self, sentence: str) -> bytes:
         model = self.settings["tts_model"]

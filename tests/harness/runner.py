@@ -374,7 +374,7 @@ class ModelHarness:
         request._sender._sink = arrived
 
         def run() -> None:
-            error = self._run_execute([request])
+            error = self._run_execute([request], imports=False)
             if error is not None:
                 self._fail_batch([request], error)
 
@@ -420,10 +420,19 @@ class ModelHarness:
 
     # --- internals -----------------------------------------------------------------------------
 
-    def _run_execute(self, requests: list[Any]) -> str | None:
-        """Call execute() as Stub::ProcessRequests does; the error string if it failed."""
+    def _run_execute(self, requests: list[Any], *, imports: bool = True) -> str | None:
+        """Call execute() as Stub::ProcessRequests does; the error string if it failed.
+
+        `imports=False` (BLS, on a thread of its own) leaves sys.modules and sys.path alone:
+        they are the process's, and another model's thread may be swapping them right now.
+        """
         stop = sys._getframe()
-        with self._execute_lock, self._context(executing=True):
+        context = (
+            self._context(executing=True)
+            if imports
+            else stub.activate(self.instance, executing=True)
+        )
+        with self._execute_lock, context:
             try:
                 if not hasattr(self.model, "execute"):
                     raise _BackendError(
@@ -436,7 +445,7 @@ class ModelHarness:
                         self._run_in_background(returned)
                         return None
                     returned = asyncio.run_coroutine_threadsafe(
-                        returned, self._event_loop()
+                        self._executing(returned), self._event_loop()
                     ).result()
                 self._take_returned(requests, returned)
             except _BackendError as exc:
@@ -539,12 +548,14 @@ class ModelHarness:
             self._loop = loop
         return self._loop
 
-    def _run_in_background(self, coroutine: Any) -> None:
-        async def executing() -> None:  # BLS is allowed until the coroutine ends
-            with stub.activate(self.instance, executing=True):
-                await coroutine
+    async def _executing(self, coroutine: Any) -> Any:
+        """An async execute() on the loop's thread, acting for this instance (Logger, BLS)
+        until it ends, as in its own stub."""
+        with stub.activate(self.instance, executing=True):
+            return await coroutine
 
-        future = asyncio.run_coroutine_threadsafe(executing(), self._event_loop())
+    def _run_in_background(self, coroutine: Any) -> None:
+        future = asyncio.run_coroutine_threadsafe(self._executing(coroutine), self._event_loop())
 
         def done(f: Any) -> None:
             exc = f.exception()
