@@ -6,13 +6,17 @@ own restriction flags; with TRITON_IMAGE, a container of the image in its produc
 What is checked: a model is unloaded, loaded and reloaded through the API while another model
 keeps answering; the API refuses callers without the key; and the A/B versions of `stt`
 (docs/deploy.md#model-versions) are served side by side once a load asks for both, each
-chosen by the client, version 2 with its own settings (int8).
+chosen by the client, version 2 with its own settings (int8). And `./scripts/serve` runs the
+same explicit model control, every model loaded when none is named.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import signal
+import subprocess
 import threading
 import time
 import urllib.error
@@ -25,10 +29,11 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import TRITON_IMAGE, start_server
+from tests.conftest import ROOT, TRITON_IMAGE, start_server
 from tests.speech import SENTENCES, encode, espeak_available, speak, word_error_rate
+from tests.stack import answers, wait_for
 from tools.container.__main__ import ADMIN_HEADER, RESTRICTED_APIS
-from tools.local_server import LocalTritonServer
+from tools.local_server import LocalTritonServer, free_port
 
 pytestmark = [
     pytest.mark.server,
@@ -185,3 +190,44 @@ def test_ab_versions_served_side_by_side_and_chosen_by_the_client(
         time.sleep(0.5)
     assert not admin.is_model_ready("stt", "2")
     assert word_error_rate(text, transcribe(server, audio)) <= 0.2
+
+
+def test_scripts_serve_loads_every_model_under_explicit_control(tmp_path: Path) -> None:
+    """`./scripts/serve` with no model named: every model loaded, and the repository API (open
+    outside the production profile) unloads and loads one while the others stay ready."""
+    ports = {name: free_port() for name in ("PORT_HTTP", "PORT_GRPC", "PORT_METRICS")}
+    tiny = {  # small checkpoints: what is under test is which models load, and how
+        "MODEL_PATH": "smolvlm-tiny-random",
+        "STT_MODEL_PATH": "whisper-tiny-random",
+        "TTS_MODEL_PATH": "vits-tiny-random",
+        "TTS_STREAM_MODEL_PATH": "vits-tiny-random",
+    }
+    env = {**os.environ, **tiny, **{k: str(v) for k, v in ports.items()}}
+    env.pop("MODELS", None)
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        serve = subprocess.Popen(
+            [str(ROOT / "scripts" / "serve"), "--no-openai"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    url = f"127.0.0.1:{ports['PORT_HTTP']}"
+    try:
+        wait_for(
+            "./scripts/serve ready",
+            lambda: serve.poll() is None and answers(f"http://{url}/v2/health/ready"),
+            600,
+        )
+        admin = httpclient.InferenceServerClient(url, network_timeout=300)
+        served = sorted(
+            p.name for p in (ROOT / "model_repository").iterdir() if (p / "config.pbtxt").is_file()
+        )
+        index = admin.get_model_repository_index()
+        assert sorted(m["name"] for m in index if m.get("state") == "READY") == served
+        admin.unload_model("tts")
+        assert not admin.is_model_ready("tts") and admin.is_model_ready("stt")
+        admin.load_model("tts")
+        assert all(admin.is_model_ready(name) for name in served)
+    finally:
+        os.killpg(serve.pid, signal.SIGTERM)
+        serve.wait(120)
+    assert "model_control_mode               | MODE_EXPLICIT" in log.read_text(errors="replace")
