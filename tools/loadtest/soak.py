@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import random
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -240,9 +241,10 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
     out = args.out or Path("bench-results") / "soak"
     out.mkdir(parents=True, exist_ok=True)
     random.seed(args.seed)
-    repository = repository_copy(ROOT / "model_repository", names, out / "repository")
+    scratch = Path(tempfile.mkdtemp(prefix="soak-"))  # the repository copy, the server log
+    repository = repository_copy(ROOT / "model_repository", names, scratch / "repository")
     with (
-        local_server(repository, names, parse_env(args.env), out / "server.log") as server,
+        local_server(repository, names, parse_env(args.env), scratch / "server.log") as server,
         CpuProbe() as probe,
     ):
         soak = Soak(
