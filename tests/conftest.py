@@ -9,6 +9,7 @@ deselected without it.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if len(kept) < len(items):
         config.hook.pytest_deselected(items=[i for i in items if i not in kept])
         items[:] = kept
+
+
+#: With STRICT_SKIPS=1 (CI sets it), a test skipped for want of something ./scripts/setup
+#: installs fails the run instead: CI must not pass by skipping what it was meant to check.
+STRICT_SKIPS = os.environ.get("STRICT_SKIPS") == "1"
+SETUP_PROVIDES = re.compile(r"espeak|promtool|prometheus|weights|wheel|model store", re.I)
+_skipped_for_setup: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if STRICT_SKIPS and report.skipped:
+        reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else ""
+        if SETUP_PROVIDES.search(reason):
+            _skipped_for_setup.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _skipped_for_setup:
+        print("\nSTRICT_SKIPS: skipped for want of what ./scripts/setup installs:")
+        for line in _skipped_for_setup:
+            print(f"  {line}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")
