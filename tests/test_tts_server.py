@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import queue
 import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -200,11 +201,39 @@ def test_stream_bad_input_ends_the_stream_with_the_error(server: LocalTritonServ
     assert result is None and "input 'voice' is 'nobody'" in str(error)
 
 
-def test_a_cancelled_stream_leaves_the_model_serving(server: LocalTritonServer) -> None:
+def counter(server: LocalTritonServer, name: str, model: str) -> float:
+    """A model's counter on the metrics endpoint."""
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(f'{name}{{model="{model}"}}'):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_cancelled_stream_stops_synthesis_and_leaves_the_model_serving(
+    server: LocalTritonServer,
+) -> None:
+    """Proven by the model's own count of the audio it made: the whole text once, then the
+    same text cancelled after its first sentence makes a fraction of it."""
     long_text = " ".join(f"This is sentence number {n}." for n in range(1, 9))
+    made = "multimodal_audio_seconds_total"
+    before = counter(server, made, "tts_stream")
+    whole = stream(server, tensors(grpcclient, long_text, seed=1))
+    assert whole[-1][1] is None and len(whole) == 8
+    whole_seconds = counter(server, made, "tts_stream") - before
+
+    before = counter(server, made, "tts_stream")
+    cancelled_before = counter(server, "multimodal_requests_cancelled_total", "tts_stream")
     events = stream(server, tensors(grpcclient, long_text, seed=1), cancel_after=1)
     assert len(events) == 1 and events[0][1] is None
-    time.sleep(0.5)  # the model notices the cancellation between two sentences
+    deadline = time.monotonic() + 30  # the model notices the cancellation between sentences
+    while counter(server, "multimodal_requests_cancelled_total", "tts_stream") == cancelled_before:
+        assert time.monotonic() < deadline, "the cancellation was never counted"
+        time.sleep(0.1)
+    cancelled_seconds = counter(server, made, "tts_stream") - before
+    assert 0 < cancelled_seconds < whole_seconds / 2, (cancelled_seconds, whole_seconds)
+
     after = stream(server, tensors(grpcclient, "Still here.", seed=2))
     assert len(after) == 1 and after[0][1] is None
     client = grpcclient.InferenceServerClient(server.grpc_url)
