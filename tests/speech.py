@@ -44,7 +44,7 @@ def encode(
     channels: int = 1,
     subtype: str | None = None,
 ) -> bytes:
-    """Resample, spread to `channels` and encode as `fmt` (WAV, FLAC or OGG)."""
+    """Resample, spread to `channels` and encode as `fmt` (WAV, FLAC, OGG, MP3)."""
     if target_rate and target_rate != rate:
         samples = soxr.resample(samples, rate, target_rate)
         rate = target_rate

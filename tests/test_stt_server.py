@@ -50,18 +50,24 @@ def speech() -> list[tuple[str, np.ndarray, int]]:
 
 
 @pytest.mark.parametrize(
-    ("fmt", "rate", "channels"),
+    ("fmt", "subtype", "rate", "channels"),
     [
-        ("WAV", 16_000, 1),
-        ("WAV", 44_100, 2),
-        ("FLAC", 22_050, 1),
-        ("OGG", 48_000, 2),
-        ("FLAC", 8_000, 1),
+        ("WAV", None, 16_000, 1),
+        ("WAV", None, 44_100, 2),
+        ("FLAC", None, 22_050, 1),
+        ("OGG", None, 48_000, 2),
+        ("OGG", "OPUS", 48_000, 1),
+        ("MP3", "MPEG_LAYER_III", 44_100, 1),
+        ("FLAC", None, 8_000, 1),
     ],
 )
-def test_http_round_trip_formats_rates_channels(stt_server, speech, fmt, rate, channels) -> None:
+def test_http_round_trip_formats_rates_channels(
+    stt_server, speech, fmt, subtype, rate, channels
+) -> None:
     text, samples, source_rate = speech[0]
-    data = encode(samples, source_rate, fmt=fmt, target_rate=rate, channels=channels)
+    data = encode(
+        samples, source_rate, fmt=fmt, target_rate=rate, channels=channels, subtype=subtype
+    )
     out = transcribe_http(stt_server, data)
     assert word_error_rate(text, out["text"]) <= 0.25, out["text"]
     assert out["segments"] is None
