@@ -91,6 +91,18 @@ def test_http_audio_has_the_asked_format_rate_and_duration(
     assert 2.5 < frames / out_rate < 9.0  # three sentences: about 13 letters a second
 
 
+def test_speaking_rate_scales_the_duration(server: LocalTritonServer) -> None:
+    """speaking_rate divides the voice's predicted phoneme durations (the pauses between
+    sentences stay): at half the rate the audio is much longer, at twice much shorter."""
+    client = httpclient.InferenceServerClient(server.http_url, network_timeout=120)
+    seconds = {}
+    for rate in (0.5, 1.0, 2.0):
+        result = client.infer("tts", tensors(httpclient, TEXT, seed=3, speaking_rate=rate))
+        audio, sample_rate, _ = decode(result)
+        seconds[rate] = len(audio) / sample_rate
+    assert seconds[0.5] > 1.4 * seconds[1.0] and seconds[1.0] > 1.4 * seconds[2.0], seconds
+
+
 def test_grpc_and_http_give_the_same_audio(server: LocalTritonServer) -> None:
     http = httpclient.InferenceServerClient(server.http_url, network_timeout=120)
     grpc = grpcclient.InferenceServerClient(server.grpc_url)
