@@ -220,6 +220,9 @@ CASES = {
     ),
     "llm-deep-json": Case("llm", chat("[" * 100_000), ("input 'prompt'",)),
     "llm-over-context": Case("llm", chat("word " * 9000), ("input 'prompt'", "context")),
+    "llm-text-over-budget": Case(
+        "llm", chat("x" * 200_000), ("input 'prompt'", "max_prompt_chars")
+    ),
     "vlm-corrupt-image": Case(
         "vlm", chat("What is this?", (b"not an image at all",)), ("input 'images'", "readable")
     ),

@@ -95,6 +95,7 @@ class ChatService:
             if not request.prompt.strip() and not request.images:
                 return ChatRow(engine_row=None, session_id=session_id, turn=())
         messages = parse_prompt(request.prompt, request.images, self.limits)
+        self._check_text(messages)
         system = [m for m in messages if m.role == "system"]
         turn = tuple(m for m in messages if m.role != "system")
         history = self.sessions.history(session_id) if session_id is not None else []
@@ -106,6 +107,17 @@ class ChatService:
                 break
         self.engine.check_length(encoded, sampling.max_new_tokens)
         return ChatRow(EngineRow(encoded, sampling), session_id, turn)
+
+    def _check_text(self, messages: list[Message]) -> None:
+        """Refuse text that cannot fit the context before the tokenizer sees it: tokenizing
+        megabytes costs hundreds of MB (measured: +685 MB for 4 MB) only to be refused after."""
+        chars = sum(len(p.text) for m in messages for p in m.parts if p.text is not None)
+        limit = self.settings["max_prompt_chars"]
+        if chars > limit:
+            raise invalid(
+                f"input 'prompt' holds {chars} characters of text; the limit is {limit} "
+                "(max_prompt_chars: more cannot fit the model's context)"
+            )
 
     def sampling(self, request: ChatRequest) -> Sampling:
         """The row's decoding options: the request's, else the model's defaults; checked."""

@@ -87,6 +87,14 @@ def chat_params(default_model_path: str, *, images: bool) -> list[Param]:
             doc="memory all sessions may hold (text and decoded images)",
         ),
         Param("max_prompt_bytes", 32 << 20, parse=int, minimum=1024, doc="largest prompt"),
+        Param(
+            "max_prompt_chars",
+            131072,
+            parse=int,
+            minimum=1,
+            doc="most characters of text in a request's messages, checked before tokenizing "
+            "(16 per token of an 8192-token context)",
+        ),
     ]
     if images:
         params += [
