@@ -180,3 +180,17 @@ def test_sampling_survives_infinite_scores(english) -> None:
             )
     finally:
         hook.remove()
+
+
+def test_a_batch_over_the_pass_budget_is_split_and_answers_the_same(english, monkeypatch) -> None:
+    """max_pass_audio_seconds bounds rows x longest row per generate() call: 31, 40, 41 and
+    42 s under a 90 s budget run as [31, 40] and [41, 42], each row as it would alone."""
+    rows = [
+        SttRow(audio=clip(s, i), max_new_tokens=4) for i, s in enumerate([41.0, 31.0, 42.0, 40.0])
+    ]
+    whole = english.transcribe(rows)
+    monkeypatch.setattr(english, "max_pass_seconds", 90.0)
+    sizes = count_generate_calls(english, monkeypatch)
+    split = english.transcribe(rows)
+    assert sizes == [2, 2]
+    assert [t.text for t in split] == [t.text for t in whole]

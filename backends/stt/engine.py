@@ -47,8 +47,11 @@ class SttRow:
 class WhisperEngine:
     """A loaded Whisper checkpoint that transcribes batches of rows."""
 
-    def __init__(self, loaded: Loaded, max_new_tokens_limit: int) -> None:
+    def __init__(
+        self, loaded: Loaded, max_new_tokens_limit: int, max_pass_seconds: float = 3600.0
+    ) -> None:
         self._loaded = loaded
+        self.max_pass_seconds = max_pass_seconds
         self.model = loaded.model
         self.processor = loaded.processor
         self.sampling_rate: int = int(self.processor.feature_extractor.sampling_rate)
@@ -72,7 +75,7 @@ class WhisperEngine:
         loaded = load_pretrained(
             AutoModelForSpeechSeq2Seq, AutoProcessor, plan.model_dir, plan.placement
         )
-        return cls(loaded, plan.settings["max_new_tokens"])
+        return cls(loaded, plan.settings["max_new_tokens"], plan.settings["max_pass_audio_seconds"])
 
     def describe(self) -> str:
         kind = "multilingual" if self.multilingual else "English-only"
@@ -145,9 +148,26 @@ class WhisperEngine:
         ]
         results: dict[int, Transcription] = {}
         for indices in group_by_key(keys).values():
-            group = [rows[i] for i in indices]
-            results.update(zip(indices, self._generate(group), strict=True))
+            for chunk in self._passes(indices, rows):
+                group = [rows[i] for i in chunk]
+                results.update(zip(chunk, self._generate(group), strict=True))
         return [results[i] for i in range(len(rows))]
+
+    def _passes(self, indices: list[int], rows: list[SttRow]) -> list[list[int]]:
+        """`indices` in generate() calls whose rows x longest row stays within
+        max_pass_audio_seconds: a batch is padded to its longest row, so that product is what
+        its features and the encoder's activations cost. Shortest rows first, so that rows
+        of like length share a pass; a row longer than the budget runs alone."""
+        passes: list[list[int]] = []
+        longest = 0.0
+        for index in sorted(indices, key=lambda i: rows[i].audio.shape[0]):
+            seconds = self.seconds(rows[index])
+            if passes and (len(passes[-1]) + 1) * max(longest, seconds) <= self.max_pass_seconds:
+                passes[-1].append(index)
+            else:
+                passes.append([index])
+            longest = seconds  # sorted: the newest row is the pass's longest
+        return passes
 
     def _is_long(self, row: SttRow) -> bool:
         return row.audio.shape[0] > self.window_seconds * self.sampling_rate
