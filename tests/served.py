@@ -23,13 +23,18 @@ def transcribe(server: LocalTritonServer, audio: bytes) -> str:
         client.close()
 
 
-def speak(server: LocalTritonServer, text: str) -> bytes:
+def speak(server: LocalTritonServer, text: str, speaking_rate: float | None = None) -> bytes:
     """`text` spoken by `tts`: the encoded audio (WAV by default)."""
-    client = httpclient.InferenceServerClient(server.http_url, network_timeout=300)
+    client = httpclient.InferenceServerClient(server.http_url, network_timeout=600)
     try:
         tensor = httpclient.InferInput("text", [1, 1], "BYTES")
         tensor.set_data_from_numpy(np.array([[text.encode()]], dtype=np.object_))
-        return bytes(client.infer("tts", [tensor]).as_numpy("audio")[0, 0])
+        tensors = [tensor]
+        if speaking_rate is not None:
+            rate = httpclient.InferInput("speaking_rate", [1, 1], "FP32")
+            rate.set_data_from_numpy(np.array([[speaking_rate]], dtype=np.float32))
+            tensors.append(rate)
+        return bytes(client.infer("tts", tensors).as_numpy("audio")[0, 0])
     finally:
         client.close()
 

@@ -48,7 +48,7 @@ class WhisperEngine:
     """A loaded Whisper checkpoint that transcribes batches of rows."""
 
     def __init__(
-        self, loaded: Loaded, max_new_tokens_limit: int, max_pass_seconds: float = 3600.0
+        self, loaded: Loaded, max_new_tokens_limit: int, max_pass_seconds: float = 1800.0
     ) -> None:
         self._loaded = loaded
         self.max_pass_seconds = max_pass_seconds

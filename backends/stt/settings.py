@@ -23,7 +23,7 @@ def stt_params(default_model_path: str) -> list[Param]:
         Param("max_new_tokens", 440, parse=int, minimum=1, doc="upper bound per 30 s window"),
         Param(
             "max_pass_audio_seconds",
-            3600.0,
+            1800.0,
             parse=float,
             minimum=30.0,
             doc="rows x longest row (seconds of audio) one generate() call may hold; a larger "
