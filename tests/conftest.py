@@ -71,8 +71,10 @@ def new_server(
     repository: Path = ROOT / "model_repository",
     env: dict[str, str] | None = None,
     extra_args: list[str] | None = None,
+    local: bool = False,
 ) -> LocalTritonServer:
-    """A server of the kind under test (local, or the image's container), not yet started."""
+    """A server of the kind under test (local, or the image's container), not yet started;
+    `local`: always a local one (tests that look into the server's own processes)."""
     common: dict[str, Any] = {
         "model_repository": repository,
         "models": models,
@@ -80,7 +82,7 @@ def new_server(
         "env_overrides": env or {},
         "extra_args": extra_args or [],
     }
-    if TRITON_IMAGE:
+    if TRITON_IMAGE and not local:
         return ContainerTritonServer(image=TRITON_IMAGE, **common)
     return LocalTritonServer(**common)
 
@@ -91,10 +93,11 @@ def start_server(
     repository: Path = ROOT / "model_repository",
     env: dict[str, str] | None = None,
     extra_args: list[str] | None = None,
+    local: bool = False,
 ) -> LocalTritonServer:
     """A running server with `models` loaded; its log is printed if it fails to start."""
     log = tmp_path_factory.mktemp("tritonserver") / "server.log"
-    server = new_server(log, models, repository, env, extra_args)
+    server = new_server(log, models, repository, env, extra_args, local)
     try:
         server.__enter__()
     except (RuntimeError, TimeoutError) as exc:

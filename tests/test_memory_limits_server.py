@@ -31,7 +31,10 @@ MB = 1024 * 1024
 def server(
     tmp_path_factory: pytest.TempPathFactory, model_store: Path
 ) -> Iterator[LocalTritonServer]:
-    served = start_server(tmp_path_factory, ["tts", "stt"], env={"MODEL_STORE": str(model_store)})
+    # A local server in every run: the test reads the stubs' memory from /proc.
+    served = start_server(
+        tmp_path_factory, ["tts", "stt"], env={"MODEL_STORE": str(model_store)}, local=True
+    )
     yield served
     served.stop()
 

@@ -33,7 +33,10 @@ SENTENCE = "Please call Stella and ask her to bring these things with her from t
 def server(
     tmp_path_factory: pytest.TempPathFactory, model_store: Path
 ) -> Iterator[LocalTritonServer]:
-    served = start_server(tmp_path_factory, ["tts", "stt"], env={"MODEL_STORE": str(model_store)})
+    # A local server in every run: the test reads the stubs' PIDs from /proc.
+    served = start_server(
+        tmp_path_factory, ["tts", "stt"], env={"MODEL_STORE": str(model_store)}, local=True
+    )
     yield served
     served.stop()
 
