@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import openai
 import pytest
 import tritonclient.http as httpclient
 import yaml
@@ -80,13 +81,18 @@ def panel_queries() -> list[tuple[str, str]]:
 
 def test_the_compose_file_orders_init_server_and_monitoring() -> None:
     services = load_yaml(COMPOSE / "compose.yaml")["services"]
-    assert set(services) == {"model-store", "triton", "prometheus", "grafana"}
+    assert set(services) == {"model-store", "triton", "openai", "prometheus", "grafana"}
     assert services["model-store"]["command"] == ["build-store"]
     triton = services["triton"]
     assert triton["depends_on"] == {"model-store": {"condition": "service_completed_successfully"}}
     assert any(v.endswith(":/models:ro") for v in triton["volumes"]), "the store is read-only"
     assert triton["shm_size"] and triton["environment"]["TRITON_PROFILE"].endswith("production}")
-    assert {p.split(":")[-1] for p in triton["ports"]} == {"8000", "8001", "8002", "9000"}
+    assert {p.split(":")[-1] for p in triton["ports"]} == {"8000", "8001", "8002"}
+    # The door: its own container of the image, talking to Triton's gRPC port.
+    door = services["openai"]
+    assert door["command"] == ["python", "-m", "openai_api"] and door["ports"] == ["9000:9000"]
+    assert door["environment"]["OPENAI_TRITON_URL"] == "triton:8001"
+    assert triton["environment"]["OPENAI_PORT"] == "0"
     # Every file the stack mounts from this directory exists.
     for service in services.values():
         for volume in service.get("volumes", []):
@@ -101,9 +107,12 @@ def test_prometheus_in_the_stack_uses_the_project_rules() -> None:
     assert config["rule_files"] and all(rule.startswith(mounted) for rule in config["rule_files"])
     for rule in config["rule_files"]:
         assert (ROOT / "deploy" / "prometheus" / rule.removeprefix(mounted)).is_file()
-    (job,) = config["scrape_configs"]
-    assert job["job_name"] == "triton"  # the alerts' up{job="triton"}
-    assert job["static_configs"] == [{"targets": ["triton:8002"]}]
+    jobs = {job["job_name"]: job["static_configs"] for job in config["scrape_configs"]}
+    # The alerts know the server as up{job="triton"}; the door has its own job.
+    assert jobs == {
+        "triton": [{"targets": ["triton:8002"]}],
+        "openai": [{"targets": ["openai:9000"]}],
+    }
 
 
 def test_grafana_provisions_the_data_source_every_panel_names() -> None:
@@ -221,7 +230,7 @@ def stack(model_store: Path) -> Iterator[None]:
     files = ["-f", str(COMPOSE / "compose.yaml"), "-f", str(COMPOSE / "compose.host.yaml")]
     compose = [*compose_command(engine), "-p", project, *files]
     up = subprocess.run(
-        [*compose, "up", "-d", "model-store", "triton", "prometheus"],
+        [*compose, "up", "-d", "model-store", "triton", "openai", "prometheus"],
         env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     try:
@@ -237,9 +246,9 @@ def stack(model_store: Path) -> Iterator[None]:
         subprocess.run([*compose, "down", "-v"], env=env, capture_output=True, timeout=300)
 
 
-def triton_targets() -> list[dict[str, Any]]:
+def targets(job: str = "triton") -> list[dict[str, Any]]:
     active = get_json(f"{PROMETHEUS_URL}/api/v1/targets")["data"]["activeTargets"]
-    return [t for t in active if t["labels"]["job"] == "triton"]
+    return [t for t in active if t["labels"]["job"] == job]
 
 
 def query(expr: str) -> list[dict[str, Any]]:
@@ -276,9 +285,7 @@ def short_load() -> None:
 @pytest.mark.image
 @pytest.mark.skipif(not espeak_available(), reason="espeak-ng makes the speech")
 def test_the_stack_serves_and_every_panel_returns_data(stack: None) -> None:
-    wait_for(
-        "Prometheus scrapes Triton", lambda: [t["health"] for t in triton_targets()] == ["up"], 120
-    )
+    wait_for("Prometheus scrapes Triton", lambda: [t["health"] for t in targets()] == ["up"], 120)
     short_load()
     missing: list[str] = []
 
@@ -302,3 +309,14 @@ def test_the_stack_serves_and_every_panel_returns_data(stack: None) -> None:
     groups = get_json(f"{PROMETHEUS_URL}/api/v1/rules")["data"]["groups"]
     assert {g["name"] for g in groups} >= {"triton", "multimodal", "multimodal-alerts"}
     assert query('up{job="triton"}')[0]["value"][1] == "1"
+    # The door, its own container, answers the official client through Triton, and is scraped.
+    door = openai.OpenAI(base_url="http://127.0.0.1:9000/v1", api_key="unused", max_retries=0)
+    answer = door.chat.completions.create(
+        model="llm", messages=[{"role": "user", "content": "Name a color."}], max_tokens=8
+    )
+    assert answer.choices[0].message.content and answer.usage is not None
+    wait_for(
+        "Prometheus scrapes the door",
+        lambda: [t["health"] for t in targets("openai")] == ["up"],
+        120,
+    )
