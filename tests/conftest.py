@@ -83,6 +83,9 @@ def new_server(
         "extra_args": extra_args or [],
     }
     if TRITON_IMAGE and not local:
+        # As open as ./scripts/serve, which these tests were written against (model control,
+        # shared memory); tests of the production profile ask for it.
+        common["env_overrides"] = {"TRITON_PROFILE": "development", **common["env_overrides"]}
         return ContainerTritonServer(image=TRITON_IMAGE, **common)
     return LocalTritonServer(**common)
 

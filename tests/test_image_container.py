@@ -44,7 +44,8 @@ def container(
     tmp_path_factory: pytest.TempPathFactory, model_store: Path
 ) -> Iterator[ContainerTritonServer]:
     log = tmp_path_factory.mktemp("container") / "server.log"
-    server = new_server(log, list(MODELS), env={"MODEL_STORE": str(model_store)})
+    env = {"MODEL_STORE": str(model_store), "TRITON_PROFILE": "production"}  # as deployed
+    server = new_server(log, list(MODELS), env=env)
     assert isinstance(server, ContainerTritonServer), "TRITON_IMAGE must be set"
     server.openai_port = free_port()  # the image's door, on
     # Time to drain on a busy 2-core machine: the stop test must not depend on its speed.

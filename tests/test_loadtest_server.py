@@ -103,8 +103,13 @@ def test_not_ready_is_a_clear_message(stt_server: LocalTritonServer) -> None:
 
 @pytest.fixture(scope="module")
 def stream_server(tmp_path_factory: pytest.TempPathFactory):
+    # Local in every run: perf_analyzer's system shared memory belongs to this user, which the
+    # image's non-root server may not open.
     server = start_server(
-        tmp_path_factory, ["stream_batch"], repository=ROOT / "tests" / "contract_models"
+        tmp_path_factory,
+        ["stream_batch"],
+        repository=ROOT / "tests" / "contract_models",
+        local=True,
     )
     yield server
     server.stop()
