@@ -284,7 +284,7 @@ def count_passes(engine: PiperEngine, monkeypatch: pytest.MonkeyPatch) -> list[i
 
 
 def test_a_sentence_over_the_pass_budget_fails_alone_before_synthesis(
-    monkeypatch: pytest.MonkeyPatch,
+    store_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Digits are read as long numbers: 96 characters at half speed are 78 s of audio in one
     padded pass (+1.6 GB when it ran). The voice's own duration predictor says so before any
