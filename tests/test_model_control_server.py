@@ -171,8 +171,15 @@ def test_ab_versions_served_side_by_side_and_chosen_by_the_client(
     before = version_successes(server)
     for version in ("1", "2"):
         assert word_error_rate(text, transcribe(server, audio, version)) <= 0.2, version
-    after = version_successes(server)
-    assert {v: after[v] - before.get(v, 0.0) for v in ("1", "2")} == {"1": 1.0, "2": 1.0}
+    # Triton counts a request once its response is out: wait for the counts (10 s at most).
+    deadline = time.monotonic() + 10
+    while True:
+        after = version_successes(server)
+        counted = {v: after.get(v, 0.0) - before.get(v, 0.0) for v in ("1", "2")}
+        if counted == {"1": 1.0, "2": 1.0} or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert counted == {"1": 1.0, "2": 1.0}
 
     # Version 2 loaded with its parameters.json (int8), version 1 as before (none).
     assert server.log_path is not None
