@@ -110,6 +110,19 @@ def start_server(
 
 
 @pytest.fixture(scope="module")
+def local_speech_server(
+    tmp_path_factory: pytest.TempPathFactory, model_store: Path
+) -> Iterator[LocalTritonServer]:
+    """tts and stt on their shipped defaults, on a local server in every run (also under
+    ./scripts/image test): for tests that read the server's own processes from /proc."""
+    server = start_server(
+        tmp_path_factory, ["tts", "stt"], env={"MODEL_STORE": str(model_store)}, local=True
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
 def one_torch_thread() -> Iterator[None]:
     """Tiny models on a busy 2-core machine: one torch thread is many times faster. Modules
     of in-process engine tests use it for all their tests (`pytest.mark.usefixtures`)."""

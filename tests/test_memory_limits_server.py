@@ -10,14 +10,12 @@ change that lets a legal request cost more fails here.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.conftest import start_server
 from tests.served import speak, transcribe
 from tools.container.watchdog import stubs
 from tools.local_server import LocalTritonServer
@@ -25,18 +23,6 @@ from tools.local_server import LocalTritonServer
 pytestmark = pytest.mark.server
 
 MB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def server(
-    tmp_path_factory: pytest.TempPathFactory, model_store: Path
-) -> Iterator[LocalTritonServer]:
-    # A local server in every run: the test reads the stubs' memory from /proc.
-    served = start_server(
-        tmp_path_factory, ["tts", "stt"], env={"MODEL_STORE": str(model_store)}, local=True
-    )
-    yield served
-    served.stop()
 
 
 def status_kb(pid: int, field: str) -> int:
@@ -61,7 +47,10 @@ def peak_above(before: dict[int, int]) -> int:
     return max(status_kb(pid, "VmHWM") * 1024 - rss for pid, rss in before.items())
 
 
-def test_tts_at_the_pass_budget_stays_within_the_stated_memory(server: LocalTritonServer) -> None:
+def test_tts_at_the_pass_budget_stays_within_the_stated_memory(
+    local_speech_server: LocalTritonServer,
+) -> None:
+    server = local_speech_server
     # Digits are read as long numbers: at half speed this is about 52 s of speech, one
     # sentence, so one padded pass close to max_pass_audio_seconds (60 s).
     before = reset_peaks(server, "tts")
@@ -77,8 +66,9 @@ def test_tts_at_the_pass_budget_stays_within_the_stated_memory(server: LocalTrit
 
 
 def test_stt_at_the_duration_limit_stays_within_the_stated_memory(
-    server: LocalTritonServer,
+    local_speech_server: LocalTritonServer,
 ) -> None:
+    server = local_speech_server
     # 30 minutes of 48 kHz stereo (max_audio_seconds, and max_audio_samples at its default):
     # silence, so the file is small and the decoding short, but every sample is decoded.
     out = io.BytesIO()

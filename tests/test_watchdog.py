@@ -13,13 +13,10 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests import speech
-from tests.conftest import start_server
 from tests.served import model_ready, speak, transcribe
 from tools.container.watchdog import Watchdog, stubs
 from tools.local_server import LocalTritonServer
@@ -29,21 +26,10 @@ pytestmark = pytest.mark.server
 SENTENCE = "Please call Stella and ask her to bring these things with her from the store."
 
 
-@pytest.fixture(scope="module")
-def server(
-    tmp_path_factory: pytest.TempPathFactory, model_store: Path
-) -> Iterator[LocalTritonServer]:
-    # A local server in every run: the test reads the stubs' PIDs from /proc.
-    served = start_server(
-        tmp_path_factory, ["tts", "stt"], env={"MODEL_STORE": str(model_store)}, local=True
-    )
-    yield served
-    served.stop()
-
-
 def test_a_killed_stub_takes_its_model_down_and_the_watchdog_brings_it_back(
-    server: LocalTritonServer,
+    local_speech_server: LocalTritonServer,
 ) -> None:
+    server = local_speech_server
     assert server.process is not None
     pid = server.process.pid
     logged: list[str] = []
