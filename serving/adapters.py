@@ -101,10 +101,13 @@ class ServedModel(ABC, Generic[E]):
 class UnaryModel(ServedModel[E], Generic[E, Row, Result]):
     """One response per request; the rows of every request of a batch run as one call."""
 
-    def execute(self, requests: list[Request]) -> list[Response]:
+    def execute(self, requests: list[Request]) -> list[Response | None]:
+        """The responses, in request order (None: one sent through its response sender)."""
         self.started = time.perf_counter()
-        return run_batch(
-            requests, self.parse, self._run, self.respond, self.name, self.errors, self.splits
+        return list(
+            run_batch(
+                requests, self.parse, self._run, self.respond, self.name, self.errors, self.splits
+            )
         )
 
     def _run(self, rows: list[Row]) -> list[Result]:

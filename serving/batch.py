@@ -66,17 +66,7 @@ def _run_batch(
     splits: SplitCounter | None,
 ) -> list[Response]:
     responses: list[Any] = [None] * len(requests)  # each slot is set below, on every path
-    parsed: list[tuple[int, list[Row]]] = []  # (request index, its rows)
-    for index, request in enumerate(requests):
-        if request.is_cancelled():
-            responses[index] = cancelled_response()
-            continue
-        try:
-            parsed.append((index, parse(request)))
-        except RequestError as error:
-            responses[index] = error_response(error)
-        except Exception as exc:
-            responses[index] = _internal(model_name, "parsing the request", exc)
+    parsed = _parse_each(requests, parse, responses, model_name)
     results: dict[int, list[Result]] = {}
 
     def call(group: list[tuple[int, list[Row]]]) -> None:
@@ -100,6 +90,51 @@ def _run_batch(
         except Exception as exc:
             responses[index] = _internal(model_name, "building the response", exc)
     return responses
+
+
+def submit_batch(
+    requests: Sequence[Request],
+    parse: Callable[[Request], list[Row]],
+    submit: Callable[[Request, list[Row]], None],
+    model_name: str,
+    errors: ErrorCounter | None = None,
+) -> list[Response | None]:
+    """Continuous batching's `execute()` for a unary model: parse each request as `run_batch`
+    does and hand the valid ones to `submit(request, rows)`, which answers each later through
+    its response sender (the one response, with COMPLETE_FINAL; the Python backend allows it
+    in non-decoupled mode). The returned list answers the others now and holds None for the
+    submitted ones, as the backend expects."""
+    responses: list[Any] = [None] * len(requests)
+    for index, rows in _parse_each(requests, parse, responses, model_name):
+        try:
+            submit(requests[index], rows)
+        except Exception as exc:
+            responses[index] = error_response(engine_error(model_name, exc))
+    if errors is not None:
+        errors.count_errors([r for r in responses if r is not None])
+    return responses
+
+
+def _parse_each(
+    requests: Sequence[Request],
+    parse: Callable[[Request], list[Row]],
+    responses: list[Any],
+    model_name: str,
+) -> list[tuple[int, list[Row]]]:
+    """(request index, its rows) of each valid request; the others' `responses` are set (a
+    request already cancelled: CANCELLED; one that fails parsing: its error)."""
+    parsed: list[tuple[int, list[Row]]] = []
+    for index, request in enumerate(requests):
+        if request.is_cancelled():
+            responses[index] = cancelled_response()
+            continue
+        try:
+            parsed.append((index, parse(request)))
+        except RequestError as error:
+            responses[index] = error_response(error)
+        except Exception as exc:
+            responses[index] = _internal(model_name, "parsing the request", exc)
+    return parsed
 
 
 def isolate(

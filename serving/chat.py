@@ -11,8 +11,12 @@ padding and is skipped, which lets rows carry fewer.
 
 from __future__ import annotations
 
+import functools
+import threading
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import triton_python_backend_utils as pb_utils
@@ -20,11 +24,13 @@ import triton_python_backend_utils as pb_utils
 from backends.chat.sampling import DecodeTotals
 from backends.chat.service import ChatRow, ChatService
 from serving import metrics, tensors
-from serving.adapters import ServedModel, UnaryModel
-from serving.errors import cancelled_response
+from serving.adapters import ServedModel, StreamingModel, UnaryModel
+from serving.batch import engine_error, submit_batch
+from serving.errors import cancelled_response, error_response
 from serving.protocols import Request, Response
-from serving.streaming import Stream
+from serving.streaming import Stream, submit_streams
 from shared.chat import FINISH_REASONS, MAX_STOP_CHARS, ChatRequest, Completion
+from shared.errors import invalid
 
 
 def read_chat_requests(request: Request, settings: Mapping[str, Any]) -> list[ChatRequest]:
@@ -125,6 +131,7 @@ class GenerationMetrics:
         self._model = model_name
         self._first_token = metrics.Family(metrics.FIRST_TOKEN, model_name)
         self._per_token = metrics.Family(metrics.PER_TOKEN, model_name)
+        self._queue = metrics.Family(metrics.QUEUE_WAIT, model_name)
         self._prompt_tokens = metrics.Family(metrics.PROMPT_TOKENS, model_name)
         self._tokens = metrics.Family(metrics.GENERATED_TOKENS, model_name)
         self._completions = metrics.Family(metrics.COMPLETIONS, model_name, FINISH_REASONS)
@@ -143,6 +150,8 @@ class GenerationMetrics:
         for completion in completions:
             reasons[completion.finish_reason] += 1
             first, last = completion.first_token_at, completion.last_token_at
+            if completion.admitted_at is not None:
+                self._queue.observe(completion.admitted_at - started)
             if first is not None:
                 self._first_token.observe(first - started)
             if last is not None and first is not None and completion.completion_tokens > 1:
@@ -175,17 +184,37 @@ class ChatModel(ServedModel[ChatService]):
         super().start_metrics()
         self.metrics = GenerationMetrics(self.name, self.instance)
 
-    def record(self, completions: Sequence[Completion]) -> None:
-        self.metrics.record(completions, self.engine, self.started)
+    def record(self, completions: Sequence[Completion], started: float | None = None) -> None:
+        """Metrics of finished rows; `started`: their execute()'s start (default: this one)."""
+        self.metrics.record(completions, self.engine, self.started if started is None else started)
 
     def chat_requests(self, request: Request) -> list[ChatRequest]:
         return read_chat_requests(request, self.settings)
 
+    def finalize(self) -> None:
+        """Unloading: requests still waiting or generating are answered UNAVAILABLE."""
+        self.engine.close()
+
 
 class UnaryChatModel(ChatModel, UnaryModel[ChatService, tuple[ChatRow, RequestSink], Completion]):
-    """The whole model of `vlm` and `llm`, which differ only in their settings (`params`): one
-    batched generation per execute(), each request with its own sampling options; a request
-    whose client left stops generating at the next token and is answered CANCELLED."""
+    """The whole model of `vlm` and `llm`, which differ only in their settings (`params`).
+
+    Continuous batching (setting `batching`): execute() parses and submits each request to
+    the running batch and returns; the request is answered through its response sender when
+    its rows finish. Static: one batched generation per execute(). Either way each request
+    has its own sampling options, and a request whose client left stops generating at the
+    next token and is answered CANCELLED."""
+
+    def execute(self, requests: list[Request]) -> list[Response | None]:
+        if self.engine.scheduler is None:
+            return super().execute(requests)
+        self.started = time.perf_counter()
+        return submit_batch(requests, self.parse, self._submit, self.name, self.errors)
+
+    def _submit(self, request: Request, rows: list[tuple[ChatRow, RequestSink]]) -> None:
+        reply = _Reply(self, request, len(rows), self.started)
+        for index, (row, sink) in enumerate(rows):
+            self.engine.submit(row, sink, functools.partial(reply.done, index), reply.failed)
 
     def parse(self, request: Request) -> list[tuple[ChatRow, RequestSink]]:
         sink = RequestSink(request)
@@ -200,3 +229,86 @@ class UnaryChatModel(ChatModel, UnaryModel[ChatService, tuple[ChatRow, RequestSi
         if any(c.finish_reason == "cancelled" for c in completions):
             return cancelled_response()
         return tensors.response(*completion_tensors(completions))
+
+
+class _Reply:
+    """A unary request under continuous batching: its rows finish one by one, on the
+    scheduler's thread; the one response goes out when the last has (or at the first error)."""
+
+    def __init__(self, model: UnaryChatModel, request: Request, rows: int, started: float) -> None:
+        self._model, self._request, self._started = model, request, started
+        self._results: list[Completion | None] = [None] * rows
+        self._lock = threading.Lock()
+        self._sent = False
+
+    def done(self, index: int, completion: Completion) -> None:
+        with self._lock:
+            self._results[index] = completion
+            results = [c for c in self._results if c is not None]
+            if self._sent or len(results) < len(self._results):
+                return
+            self._sent = True
+        model = self._model
+        model.record(results, self._started)
+        try:
+            response = model.respond(self._request, results)
+        except Exception as exc:
+            response = error_response(engine_error(model.name, exc))
+        self._send(response)
+
+    def failed(self, exc: Exception) -> None:
+        with self._lock:
+            if self._sent:
+                return
+            self._sent = True
+        self._send(error_response(engine_error(self._model.name, exc)))
+
+    def _send(self, response: Response) -> None:
+        self._model.errors.count_errors([response])
+        sender = self._request.get_response_sender()
+        sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+
+class StreamingChatModel(ChatModel, StreamingModel[ChatService, ChatRow]):
+    """The whole model of `vlm_stream`: one response per new piece of text, then a final one
+    with the summary. Continuous batching: execute() submits each stream to the running
+    batch and returns; static: all requests of one execute() stream from one generation."""
+
+    def execute(self, requests: list[Request]) -> None:
+        if self.engine.scheduler is None:
+            return super().execute(requests)
+        self.started = time.perf_counter()
+        submit_streams(requests, self.parse, self._submit, self.name, self.errors)
+        return None
+
+    def parse(self, request: Request) -> list[ChatRow]:
+        chats = self.chat_requests(request)
+        if len(chats) != 1:
+            raise invalid(
+                f"input 'prompt' has {len(chats)} rows; a streaming request carries one prompt"
+            )
+        return [self.engine.prepare(chats[0])]
+
+    def run(self, rows: list[ChatRow], streams: list[Stream]) -> None:
+        completions = self.engine.run(rows, [StreamSink(s) for s in streams])
+        self.record(completions)
+        for stream, completion in zip(streams, completions, strict=True):
+            stream.finish(_summary(completion))
+
+    def _submit(self, rows: list[ChatRow], stream: Stream) -> None:
+        (row,) = rows
+        started = self.started
+
+        def done(completion: Completion) -> None:
+            self.record([completion], started)
+            stream.finish(_summary(completion))
+
+        def failed(exc: Exception) -> None:
+            stream.fail(engine_error(self.name, exc))
+
+        self.engine.submit(row, StreamSink(stream), done, failed)
+
+
+def _summary(completion: Completion) -> list[Any]:
+    """A stream's final response: the text went out piece by piece, the summary comes last."""
+    return completion_tensors([replace(completion, text="")])

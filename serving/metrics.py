@@ -100,6 +100,13 @@ PER_TOKEN = Spec(
     "Seconds per output token after the first, per row of two or more tokens",
     buckets=TOKEN_BUCKETS,
 )
+QUEUE_WAIT = Spec(
+    "multimodal_chat_queue_seconds",
+    HISTOGRAM,
+    "Seconds a request waited from its execute() to its prompt pass (continuous batching: "
+    "for room in the running batch)",
+    buckets=FIRST_TOKEN_BUCKETS,
+)
 PROMPT_TOKENS = Spec(
     "multimodal_prompt_tokens_total",
     COUNTER,
@@ -178,6 +185,7 @@ CATALOGUE: tuple[Spec, ...] = (
     FOOTPRINT,
     FIRST_TOKEN,
     PER_TOKEN,
+    QUEUE_WAIT,
     PROMPT_TOKENS,
     GENERATED_TOKENS,
     COMPLETIONS,

@@ -103,21 +103,8 @@ def run_stream_batch(
     that sent nothing yet are retried in smaller groups (counted in `splits`) and the others
     get the error (INTERNAL for unexpected exceptions, logged with the traceback).
     """
-    parsed: list[tuple[Stream, list[Row]]] = []
-    streams: list[Stream] = []
-    for request in requests:
-        stream = Stream(request, errors)
-        streams.append(stream)
-        if request.is_cancelled():
-            stream.fail(RequestError("the request was cancelled", ErrorCode.CANCELLED))
-            continue
-        try:
-            parsed.append((stream, parse(request)))
-        except RequestError as error:
-            stream.fail(error)
-        except Exception as exc:
-            log_exception(model_name, "parsing the request", exc)
-            stream.fail(internal_error(model_name, "parsing the request", exc))
+    streams = [Stream(request, errors) for request in requests]
+    parsed = _parse_each(requests, streams, parse, model_name)
 
     def call(group: list[tuple[Stream, list[Row]]]) -> None:
         run(
@@ -135,3 +122,44 @@ def run_stream_batch(
     isolate(parsed, call, fail, retryable=retryable, on_split=split_logger(model_name, splits))
     for stream in streams:
         stream.finish()
+
+
+def submit_streams(
+    requests: Sequence[Request],
+    parse: Callable[[Request], list[Row]],
+    submit: Callable[[list[Row], Stream], None],
+    model_name: str,
+    errors: ErrorCounter | None = None,
+) -> None:
+    """Continuous batching's `execute()`: parse each request as `run_stream_batch` does and
+    hand the valid ones to `submit(rows, stream)`, which finishes each stream later, from the
+    engine's thread; nothing here waits for generation."""
+    streams = [Stream(request, errors) for request in requests]
+    for stream, rows in _parse_each(requests, streams, parse, model_name):
+        try:
+            submit(rows, stream)
+        except Exception as exc:
+            stream.fail(engine_error(model_name, exc))
+
+
+def _parse_each(
+    requests: Sequence[Request],
+    streams: Sequence[Stream],
+    parse: Callable[[Request], list[Row]],
+    model_name: str,
+) -> list[tuple[Stream, list[Row]]]:
+    """Each request's rows; a request already cancelled, or that fails parsing, gets its
+    error and COMPLETE_FINAL on its stream and is left out."""
+    parsed: list[tuple[Stream, list[Row]]] = []
+    for request, stream in zip(requests, streams, strict=True):
+        if request.is_cancelled():
+            stream.fail(RequestError("the request was cancelled", ErrorCode.CANCELLED))
+            continue
+        try:
+            parsed.append((stream, parse(request)))
+        except RequestError as error:
+            stream.fail(error)
+        except Exception as exc:
+            log_exception(model_name, "parsing the request", exc)
+            stream.fail(internal_error(model_name, "parsing the request", exc))
+    return parsed

@@ -87,6 +87,8 @@ class Completion:
     #: latency metrics; timings, not results, so two completions compare without them.
     first_token_at: float | None = field(default=None, compare=False)
     last_token_at: float | None = field(default=None, compare=False)
+    #: time.perf_counter() when its prompt pass began (continuous batching; None: static).
+    admitted_at: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -129,7 +129,13 @@ class _Layer:
 
 
 class DecodeState:
-    """The key/value buffers, attention mask and positions of the rows still decoding."""
+    """The key/value buffers, attention mask and positions of the rows still decoding.
+
+    Every row writes its next key and value at the same column (`length`): rows that are
+    shorter are left-padded with masked columns. Rows join (`join`: another state's rows, made
+    by a prompt pass, are right-aligned with these) and leave (`keep`) between steps, which is
+    what continuous batching (`backends.chat.scheduler`) needs; a static batch only leaves.
+    """
 
     def __init__(
         self,
@@ -159,12 +165,85 @@ class DecodeState:
         self.mask[:, 0, 0, :length] = attention_mask.bool()
         self.positions = positions[:, -1:]  # each row's last; a step adds one
 
+    @property
+    def rows(self) -> int:
+        return int(self.mask.shape[0])
+
+    @property
+    def capacity(self) -> int:
+        """Columns allocated: `length` filled, the rest for the tokens still to come."""
+        return int(self.mask.shape[-1])
+
     def keep(self, rows: torch.Tensor) -> None:
         """Drop every row not in `rows` (indices into the current rows)."""
         self.keys = [k.index_select(0, rows) for k in self.keys]
         self.values = [v.index_select(0, rows) for v in self.values]
         self.mask = self.mask.index_select(0, rows)
         self.positions = self.positions.index_select(0, rows)
+
+    def padding(self) -> int:
+        """Leading columns that no row attends to (left by rows that have left)."""
+        attended = self.mask[:, 0, 0, : self.length].any(dim=0)
+        return int(attended.long().argmax()) if bool(attended.any()) else self.length
+
+    def join(self, other: DecodeState, room: int) -> None:
+        """Add `other`'s rows after these, with `room` free columns after the longest.
+
+        Both sets of rows are right-aligned to the longer filled length; the columns that
+        pad a row on the left are masked and zero (a masked column still enters attention's
+        weighted sum with weight 0, so it must hold no NaN). Leading columns no row attends
+        to are dropped on the way, so a batch that runs for hours does not grow its padding.
+        """
+        trim = self.padding()
+        length = max(self.length - trim, other.length)
+        capacity = length + room
+        self.keys = [
+            _aligned(a, b, self.length, other.length, trim, length, capacity)
+            for a, b in zip(self.keys, other.keys, strict=True)
+        ]
+        self.values = [
+            _aligned(a, b, self.length, other.length, trim, length, capacity)
+            for a, b in zip(self.values, other.values, strict=True)
+        ]
+        mask = self.mask.new_zeros((self.rows + other.rows, 1, 1, capacity))
+        mask[:, :, :, length:] = True
+        mask[: self.rows, :, :, length - (self.length - trim) : length] = self.mask[
+            :, :, :, trim : self.length
+        ]
+        mask[self.rows :, :, :, length - other.length : length] = other.mask[
+            :, :, :, : other.length
+        ]
+        self.mask = mask
+        self.positions = torch.cat([self.positions, other.positions])
+        self.length = length
+
+    def reserve(self, room: int) -> None:
+        """Make sure `room` columns are free after `length` (growing the buffers if not)."""
+        if self.capacity - self.length >= room:
+            return
+        grow = self.length + room - self.capacity
+        self.keys = [F.pad(k, (0, 0, 0, grow)) for k in self.keys]
+        self.values = [F.pad(v, (0, 0, 0, grow)) for v in self.values]
+        self.mask = F.pad(self.mask, (0, grow), value=True)
+
+
+def _aligned(
+    mine: torch.Tensor,
+    theirs: torch.Tensor,
+    my_length: int,
+    their_length: int,
+    trim: int,
+    length: int,
+    capacity: int,
+) -> torch.Tensor:
+    """One layer's buffer (rows, heads, capacity, dim) holding both sets of rows, each
+    right-aligned to `length` (mine without its first `trim` columns)."""
+    rows, heads, _, dim = mine.shape
+    joined = mine.new_zeros((rows + theirs.shape[0], heads, capacity, dim))
+    kept = my_length - trim
+    joined[:rows, :, length - kept : length] = mine[:, :, trim:my_length]
+    joined[rows:, :, length - their_length : length] = theirs[:, :, :their_length]
+    return joined
 
 
 class FusedDecoder:

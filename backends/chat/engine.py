@@ -295,19 +295,7 @@ class VlmEngine:
     ) -> None:
         """The prompt pass through the model (images included), then fused steps; finished
         rows leave the batch."""
-        from transformers import DynamicCache
-
-        mask = batch["attention_mask"]
-        # Positions count each row's own tokens (left padding is not counted), as generate().
-        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-        cache = DynamicCache(config=self.model.config.get_text_config())
-        output = self.model(
-            **batch, past_key_values=cache, position_ids=positions, use_cache=True, logits_to_keep=1
-        )
-        logits = output.logits[:, -1].float()
-        del output
-        state = DecodeState(cache, mask, positions, max_new_tokens)
-        del cache
+        logits, state = self._prompt_pass(batch, max_new_tokens)
         input_ids = batch["input_ids"]  # what the repetition penalty looks at
         rows = list(range(input_ids.shape[0]))
         for _ in range(max_new_tokens):
@@ -330,6 +318,30 @@ class VlmEngine:
             if sampler.needed:
                 input_ids = torch.cat([input_ids, tokens[:, None]], dim=-1)
             logits = decoder.step(tokens, state)
+
+    def prefill(self, rows: Sequence[Encoded], room: int) -> tuple[torch.Tensor, DecodeState]:
+        """The prompt pass of `rows` as one left-padded batch (images included): each row's
+        first-token logits (rows, vocabulary) in float32, and the keys and values the fused
+        decoder continues from, with `room` columns free for the tokens to come."""
+        batch, _ = self._collate(rows)
+        with torch.inference_mode():
+            return self._prompt_pass(batch, room)
+
+    def _prompt_pass(
+        self, batch: dict[str, torch.Tensor], room: int
+    ) -> tuple[torch.Tensor, DecodeState]:
+        from transformers import DynamicCache
+
+        mask = batch["attention_mask"]
+        # Positions count each row's own tokens (left padding is not counted), as generate().
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        cache = DynamicCache(config=self.model.config.get_text_config())
+        output = self.model(
+            **batch, past_key_values=cache, position_ids=positions, use_cache=True, logits_to_keep=1
+        )
+        logits = output.logits[:, -1].float()
+        del output
+        return logits, DecodeState(cache, mask, positions, room)
 
     def _collate(self, rows: Sequence[Encoded]) -> tuple[dict[str, torch.Tensor], list[int]]:
         """One left-padded batch from per-row encodings (see the module doc for images)."""

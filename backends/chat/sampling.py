@@ -271,6 +271,11 @@ class DecodeTotals:
         self.steps += tracker.steps
         self.rows += tracker.step_rows
 
+    def count(self, rows: int) -> None:
+        """One step of `rows` rows (continuous batching counts step by step)."""
+        self.steps += 1
+        self.rows += rows
+
 
 class RowTracker(StoppingCriteria):
     """Follows every row of one batch (see the module doc)."""

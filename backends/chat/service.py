@@ -9,12 +9,13 @@ records each finished turn in its session.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from backends.chat.engine import EngineRow, VlmEngine
 from backends.chat.sampling import MAX_PENALTY, MIN_PENALTY, DecodeTotals, RowSink, Sampling
+from backends.chat.scheduler import BatchLimits, Job, Scheduler
 from shared.chat import (
     MAX_STOP_CHARS,
     MAX_STOP_STRINGS,
@@ -25,12 +26,14 @@ from shared.chat import (
     parse_prompt,
     text_message,
 )
-from shared.errors import ModelLoadError, invalid
+from shared.errors import ErrorCode, ModelLoadError, RequestError, invalid
 from shared.loading import LoadPlan
 from shared.params import check_temperature
 from shared.sessions import SessionStore
 
 MAX_SESSION_ID_CHARS = 256
+#: How requests share decoding steps (setting `batching`; `backends.chat.scheduler`).
+BATCHING = ("continuous", "static")
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,22 @@ class ChatService:
             max_bytes=settings["session_max_bytes"],
             idle_seconds=settings["session_idle_seconds"],
         )
+        self.scheduler = self._scheduler()
+
+    def _scheduler(self) -> Scheduler | None:
+        """The running batch of continuous batching; None: static batches (asked for, or the
+        model decodes with generate(), which runs a batch to its end)."""
+        settings = self.settings
+        if settings.get("batching", "static") == "static" or self.engine.fused is None:
+            return None
+        tokens = settings["max_batch_tokens"]
+        if tokens < self.engine.context_length:
+            raise ModelLoadError(
+                f"setting 'max_batch_tokens' is {tokens}; one request may need the model's "
+                f"whole context of {self.engine.context_length} tokens"
+            )
+        limits = BatchLimits(settings["max_batch_rows"], tokens, settings["max_prefill_tokens"])
+        return Scheduler(self.engine, limits)
 
     @classmethod
     def load(cls, plan: LoadPlan) -> ChatService:
@@ -72,7 +91,12 @@ class ChatService:
         return cls(VlmEngine.load(plan), plan.settings)
 
     def describe(self) -> str:
-        return self.engine.describe()
+        return f"{self.engine.describe()} batching={'continuous' if self.scheduler else 'static'}"
+
+    def close(self) -> None:
+        """Stop the scheduler: what waits or runs fails UNAVAILABLE (the model unloads)."""
+        if self.scheduler is not None:
+            self.scheduler.close(RequestError("the model is unloading", ErrorCode.UNAVAILABLE))
 
     @property
     def footprint_bytes(self) -> int:
@@ -187,11 +211,36 @@ class ChatService:
             for index, completion in zip(live, generated, strict=True):
                 results[index] = completion
         for row, completion in zip(rows, results, strict=True):
-            if row.session_id is None or not row.turn or completion.finish_reason == "cancelled":
-                continue
-            turn = (*row.turn, text_message("assistant", completion.text))
-            self.sessions.append(row.session_id, turn, sum(m.size_bytes() for m in turn))
+            self._remember(row, completion)
         return results
+
+    def submit(
+        self,
+        row: ChatRow,
+        sink: RowSink | None,
+        done: Callable[[Completion], None],
+        failed: Callable[[Exception], None],
+    ) -> None:
+        """Continuous batching: queue `row` to join the running batch. `done` gets its
+        completion (its turn already in its session), `failed` an exception; each is called
+        once, on the scheduler's thread, or here at once for a reset-only row."""
+        assert self.scheduler is not None, "submit() is for continuous batching"
+        if row.engine_row is None:
+            done(Completion("", "stop", 0, 0))
+            return
+
+        def finished(completion: Completion) -> None:
+            self._remember(row, completion)
+            done(completion)
+
+        self.scheduler.submit(Job(row.engine_row, sink, finished, failed))
+
+    def _remember(self, row: ChatRow, completion: Completion) -> None:
+        """A finished turn joins its session (a cancelled one does not)."""
+        if row.session_id is None or not row.turn or completion.finish_reason == "cancelled":
+            return
+        turn = (*row.turn, text_message("assistant", completion.text))
+        self.sessions.append(row.session_id, turn, sum(m.size_bytes() for m in turn))
 
 
 def _given(value: Any, default: Any) -> Any:

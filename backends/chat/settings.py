@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from backends.chat.engine import ATTENTION_IMPLEMENTATIONS, DECODERS
 from backends.chat.sampling import MAX_PENALTY, MIN_PENALTY
+from backends.chat.service import BATCHING
 from shared.params import Param, load_params
 
 #: Environment variables deployments of the earlier FastAPI service already set.
@@ -34,6 +35,37 @@ def chat_params(default_model_path: str, *, images: bool) -> list[Param]:
             choices=DECODERS,
             doc="decoding loop: fused (Llama models; fewer calls per token, finished rows "
             "leave the batch) or transformers' generate(); auto: fused on a CPU where it runs",
+        ),
+        Param(
+            "batching",
+            "continuous",
+            choices=BATCHING,
+            doc="continuous: requests join the running batch at the next decoding step and "
+            "leave it when they finish (the fused decoder only); static: each execute() "
+            "decodes its batch to the end",
+        ),
+        Param(
+            "max_batch_rows",
+            16,
+            parse=int,
+            minimum=1,
+            doc="continuous batching: requests decoding at once (more wait, in order)",
+        ),
+        Param(
+            "max_batch_tokens",
+            16384,
+            parse=int,
+            minimum=1,
+            doc="continuous batching: key/value slots of the running batch (rows x columns, "
+            "each row's prompt, padding and room for its answer); at least the context",
+        ),
+        Param(
+            "max_prefill_tokens",
+            2048,
+            parse=int,
+            minimum=1,
+            doc="continuous batching: prompt tokens admitted between two decoding steps "
+            "(a longer single prompt is admitted alone)",
         ),
         Param(
             "max_new_tokens",
