@@ -12,6 +12,7 @@
   bench-tts     the text-to-speech benchmark (real-time factor, time to first audio)
   bench-vlm     the vision-language benchmark (batching, ceiling, time to first token)
   bench-voice   voice_chat's time to first audio against stt + llm + tts called in a row
+  fast-default  the shipped dtype=auto against float32 per model, in-process: speed, quality
   soak          mixed valid and hostile load on every model for minutes: errors, latency, RSS
   build-peers   build llama-server, its GGUF and the CTranslate2 venv (never in CI)
 
@@ -29,7 +30,19 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from . import baseline, benchmarks, build_peers, door, peers, run, soak, tts, vlm, voice
+from . import (
+    baseline,
+    benchmarks,
+    build_peers,
+    door,
+    fast_default,
+    peers,
+    run,
+    soak,
+    tts,
+    vlm,
+    voice,
+)
 from .options import add_load_options, add_local_options
 from .server import NotReady
 from .stt import cli as stt
@@ -60,6 +73,7 @@ BENCHMARKS = (
     ("bench-tts", tts),
     ("bench-vlm", vlm),
     ("bench-voice", voice),
+    ("fast-default", fast_default),
     ("soak", soak),
     ("build-peers", build_peers),
 )
