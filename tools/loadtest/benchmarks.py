@@ -2,6 +2,8 @@
 or in-process:
 
   batching      the shipped config vs. the same config without dynamic_batching
+  continuous    chat models with continuous vs. static batching: time to first token, tokens/s,
+                closed-loop clients and Poisson arrivals
   quantization  one server per quantization: footprint, stub memory, throughput
   overhead      the model in-process (its best batch size) vs. served, same samples
   numerics      the model in-process per quantization:dtype: speed, identical answers, WER
@@ -20,10 +22,18 @@ from typing import Any
 
 from . import inprocess
 from .inputs import is_decoupled, read_config
-from .local import load_facts, local_server, repository_copy, stub_pid
+from .local import env_name, load_facts, local_server, repository_copy, stub_pid
 from .machine import proc_memory
-from .options import content_options, int_list, models, server_env, settings_from, str_list
-from .perf import shared_memory_problem, sweep
+from .options import (
+    content_options,
+    float_list,
+    int_list,
+    models,
+    server_env,
+    settings_from,
+    str_list,
+)
+from .perf import PerfSettings, shared_memory_problem, sweep
 from .results import best, collecting, level_at, prepare_model, progress
 from .server import Endpoint, connect, model_config
 from .setups import Setup, parse_setups, setup_ratios
@@ -43,6 +53,18 @@ def add_arguments(parsers: dict[str, argparse.ArgumentParser]) -> None:
         default=["auto"],
         help="values of the model's dtype setting, each run with every quantization "
         "(default auto; e.g. float32,bfloat16: series are named 'QUANTIZATION DTYPE')",
+    )
+    parsers["continuous"].add_argument(
+        "--rates",
+        type=float_list,
+        default=[0.5, 1.0, 2.0],
+        help="Poisson arrival rates, requests/s (default 0.5,1,2)",
+    )
+    parsers["continuous"].add_argument(
+        "--rate-requests",
+        type=int,
+        default=24,
+        help="requests per arrival rate (default 24)",
     )
     for name in ("overhead", "numerics"):
         parsers[name].add_argument(
@@ -79,9 +101,11 @@ def _served_series(
     series: str,
     work: Path,
     before_sweep: Callable[[Any, Path], dict[str, Any]] | None = None,
+    rates: PerfSettings | None = None,
 ) -> dict[str, Any]:
     """One local server for `model`; the model's entry prepared from the config it serves;
-    a perf_analyzer sweep over gRPC, recorded as `series`."""
+    a perf_analyzer sweep over gRPC, recorded as `series` (and with `rates`, a second sweep
+    of Poisson arrivals at `args.rates`, recorded as `series` + " poisson")."""
     log = work / f"{model}-{series.replace(' ', '_')}.log"
     progress(f"{model} [{series}]: starting tritonserver")
     with local_server(repository, [model], env, log) as server:
@@ -110,10 +134,61 @@ def _served_series(
             progress=progress,
             warmup=args.warmup,
         )
+        if rates is not None:
+            entry["series"][f"{series} poisson"] = {
+                "levels": sweep(
+                    model,
+                    endpoint,
+                    data_file,
+                    args.rates,
+                    rates,
+                    work,
+                    streaming=is_decoupled(config),
+                    progress=progress,
+                )
+            }
         pid = stub_pid(server, model)
         peak = proc_memory(pid)["peak_rss_mib"] if pid else None
     entry["series"][series] = {"levels": levels, **extra, "stub_peak_rss_mib": peak}
     return entry
+
+
+def cmd_continuous(args: argparse.Namespace, argv: list[str]) -> int:
+    """Chat models with continuous batching (shipped) and static batches, the same load."""
+    env = server_env(args)
+    rates = PerfSettings(**{**settings_from(args).__dict__, "poisson": True})
+    rates.requests, rates.rounds = args.rate_requests, 0
+    with collecting(args, argv, "Continuous vs. static batching") as (results, work):
+        for model in models(args):
+            for mode in ("continuous", "static"):
+                series_env = {**env, env_name(model, "batching"): mode}
+                _served_series(
+                    args, results, model, args.repository, series_env, mode, work, rates=rates
+                )
+            entry = results["models"][model]
+            key = (
+                "first_response_p50_ms"
+                if entry["series"]["continuous"]["levels"][0].get("first_response_p50_ms")
+                is not None
+                else "p50_ms"
+            )
+            for mode in ("continuous", "static"):
+                levels = entry["series"][mode]["levels"]
+                low, high = levels[0], levels[-1]
+                entry["ratios"][
+                    f"{mode}: {key} at concurrency {high['concurrency']} / at {low['concurrency']}"
+                ] = high[key] / low[key]
+            for level in entry["series"]["continuous"]["levels"]:
+                other = level_at(entry["series"]["static"]["levels"], level["concurrency"])
+                if other:
+                    c = level["concurrency"]
+                    entry["ratios"][f"throughput continuous/static at concurrency {c}"] = (
+                        level["throughput"] / other["throughput"]
+                    )
+                    entry["ratios"][f"{key} continuous/static at concurrency {c}"] = (
+                        level[key] / other[key]
+                    )
+    return 0
 
 
 def cmd_batching(args: argparse.Namespace, argv: list[str]) -> int:
@@ -301,6 +376,7 @@ def cmd_numerics(args: argparse.Namespace, argv: list[str]) -> int:
 COMMANDS = {
     "numerics": cmd_numerics,
     "batching": cmd_batching,
+    "continuous": cmd_continuous,
     "quantization": cmd_quantization,
     "overhead": cmd_overhead,
 }

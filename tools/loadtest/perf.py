@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 #: scripts/perf_analyzer: the binary of tritonclient 2.50's wheel with the libraries it needs.
 PERF_ANALYZER = ROOT / "scripts" / "perf_analyzer"
 US_PER_MS = 1000.0
+#: Open-loop arrivals; enough sender threads that a slow server does not throttle them.
+POISSON = ("--request-distribution", "poisson", "--max-threads", "64")
 
 
 @dataclass
@@ -47,6 +49,8 @@ class PerfSettings:
     timeout_s: float = 1800.0
     binary: str = str(PERF_ANALYZER)
     extra_args: list[str] = field(default_factory=list)
+    #: Open-loop load: a level is a rate (requests/s) of Poisson arrivals, not a concurrency.
+    poisson: bool = False
 
     def request_count(self, concurrency: int) -> int:
         return max(self.requests, self.rounds * concurrency) if self.requests else 0
@@ -68,7 +72,11 @@ def command(
         settings.binary,
         *("-m", model, "-u", endpoint.url, "-i", endpoint.protocol),
         *("--input-data", str(data_file)),
-        *("--concurrency-range", f"{concurrency}:{concurrency}"),
+        *(
+            ("--request-rate-range", f"{concurrency}:{concurrency}", *POISSON)
+            if settings.poisson
+            else ("--concurrency-range", f"{concurrency}:{concurrency}")
+        ),
         *("-f", str(csv_file), "--verbose-csv"),
         *("--profile-export-file", str(export_file)),
     ]
