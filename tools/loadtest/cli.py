@@ -2,6 +2,7 @@
 
   run           perf_analyzer against a running server (any URL), one model or all
   batching      the same model with dynamic batching on and off, side by side
+  continuous    the chat models with continuous and static batching, side by side
   quantization  memory footprint and throughput per quantization
   overhead      Triton-served throughput against the model's in-process ceiling
   baseline      Triton against a per-request FastAPI + transformers server, same load
@@ -52,6 +53,7 @@ Handler = Callable[[argparse.Namespace, list[str]], int]
 #: The load-test commands: name, help, the command's own options (beside the shared ones).
 LOAD_COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None] | None], ...] = (
     ("batching", "dynamic batching on vs. off (local servers)", None),
+    ("continuous", "chat: continuous vs. static batching, closed loop and Poisson", None),
     ("quantization", "footprint and throughput per quantization (local servers)", None),
     ("overhead", "served vs. in-process ceiling (local server + the model in-process)", None),
     (
