@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from backends.stt.engine import SttRow, WhisperEngine
+from backends.stt.features import long_form_features
 from backends.stt.settings import stt_params
 from shared.errors import RequestError
 from shared.loading import LoadPlan
@@ -194,3 +195,55 @@ def test_a_batch_over_the_pass_budget_is_split_and_answers_the_same(english, mon
     split = english.transcribe(rows)
     assert sizes == [2, 2]
     assert [t.text for t in split] == [t.text for t in whole]
+
+
+@pytest.mark.parametrize("block_frames", [3000, 1000, 777])
+def test_long_form_features_are_the_extractors_bit_for_bit(english, block_frames: int) -> None:
+    """Made a block of frames at a time, the features of a long batch are exactly those of
+    the feature extractor's spectrogram of the whole clips (rows padded to whole hops, the
+    batch to its longest row): lengths off the hop, rows shorter than the longest by less
+    and by more than one STFT frame, a silent row."""
+    audio = [
+        np.concatenate([clip(45.0, 7), clip(0.01, 9)[:123]]),
+        clip(35.0, 8)[: 35 * RATE - 77],
+        clip(45.0, 5)[: 45 * RATE + 123 - 150],
+        np.zeros(31 * RATE + 5, dtype=np.float32),
+    ]
+    extractor = english.processor.feature_extractor
+    hop = extractor.hop_length
+    whole = extractor(
+        [np.pad(a, (0, -a.shape[0] % hop)) for a in audio],
+        sampling_rate=RATE,
+        return_tensors="pt",
+        truncation=False,
+        padding="longest",
+        return_attention_mask=True,
+    )
+    features, mask = long_form_features(audio, extractor, block_frames)
+    assert features.dtype == whole.input_features.dtype and mask.dtype == whole.attention_mask.dtype
+    assert torch.equal(features, whole.input_features)
+    assert torch.equal(mask, whole.attention_mask)
+
+
+def status_bytes(field: str) -> int:
+    """A memory field of this process's /proc status (VmRSS, VmHWM), in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux /proc only")
+def test_long_form_features_hold_one_block_beside_the_features(english) -> None:
+    """10 minutes of audio: the features are 19 MB; the extractor's whole-clip spectrogram
+    cost +340 MB at its peak, a block at a time costs the features and one block's (+48 MB
+    measured)."""
+    audio = [np.zeros(600 * RATE, dtype=np.float32)]
+    extractor = english.processor.feature_extractor
+    long_form_features([audio[0][: 40 * RATE]], extractor)  # allocator and FFT plans warm
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    rss = status_bytes("VmRSS")
+    features, _ = long_form_features(audio, extractor)
+    rise = status_bytes("VmHWM") - rss
+    size = features.numel() * features.element_size()
+    assert rise < size + 64 * 1024 * 1024, f"+{rise >> 20} MB for {size >> 20} MB of features"

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from backends.stt.batching import group_by_key
+from backends.stt.features import long_form_features
 from shared.errors import invalid
 from shared.loading import Loaded, LoadPlan, load_pretrained
 from shared.logs import quiet_repeated_warnings
@@ -192,19 +193,14 @@ class WhisperEngine:
         timestamps = long_form or first.want_segments
         audio = [row.audio for row in rows]
         if long_form:
-            # Zero-pad to whole feature frames: the batch's attention mask counts ceil(n / hop)
-            # frames where a lone clip's features hold floor(n / hop), which made a long clip's
-            # last window differ between batched and alone. Under 10 ms of silence is added.
-            hop = self.processor.feature_extractor.hop_length
-            audio = [np.pad(a, (0, -a.shape[0] % hop)) for a in audio]
-            # Long-form: features cover the whole clip; generate() walks it window by window.
-            features = self.processor(
-                audio,
-                sampling_rate=self.sampling_rate,
-                return_tensors="pt",
-                truncation=False,
-                padding="longest",
-                return_attention_mask=True,
+            # The whole clip's features (generate() walks them window by window), made a
+            # window at a time: the extractor's own spectrogram of 30 minutes at once cost
+            # about 1.1 GB (backends/stt/features.py). Each row is zero-padded to whole
+            # feature frames: the batch's attention mask counts ceil(n / hop) frames where a
+            # lone clip's features hold floor(n / hop), which made a long clip's last window
+            # differ between batched and alone. Under 10 ms of silence is added.
+            input_features, attention_mask = long_form_features(
+                audio, self.processor.feature_extractor
             )
         else:
             features = self.processor(
@@ -213,9 +209,10 @@ class WhisperEngine:
                 return_tensors="pt",
                 return_attention_mask=True,
             )
+            input_features, attention_mask = features.input_features, features.attention_mask
         kwargs: dict[str, Any] = {
-            "input_features": features.input_features.to(self.model.device, self.model.dtype),
-            "attention_mask": features.attention_mask.to(self.model.device),
+            "input_features": input_features.to(self.model.device, self.model.dtype),
+            "attention_mask": attention_mask.to(self.model.device),
             "return_timestamps": timestamps,
             "return_segments": timestamps,
         }
