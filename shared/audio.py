@@ -66,6 +66,18 @@ def decode_audio(
         ) from exc
 
 
+def declared_seconds(data: bytes) -> float:
+    """The duration an encoded file's header declares, without decoding a sample; 0 for
+    bytes libsndfile cannot open (decoding them refuses them with the reason). For most
+    formats exact; for MP3 libsndfile's estimate (decoding still stops at the limits)."""
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as sound:
+            rate, frames = sound.samplerate, sound.frames
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        return 0.0
+    return frames / rate if rate > 0 and frames > 0 else 0.0
+
+
 def check_wav_data(data: bytes, name: str = "audio") -> None:
     """Refuse a WAV file whose data chunk declares more bytes than the file holds.
 

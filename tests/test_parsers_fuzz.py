@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from backends.chat.sampling import Sampling, _Row
-from shared.audio import decode_audio
+from shared.audio import declared_seconds, decode_audio
 from shared.chat import ImageLimits, parse_prompt
 from shared.errors import RequestError
 from shared.image import decode_image, encode_image
@@ -94,6 +94,9 @@ def accepted_or_refused(parse: Any, *args: Any, **kwargs: Any) -> Any:
 @FUZZ
 @given(st.one_of(st.binary(max_size=2048), mutated(VALID_AUDIO)))
 def test_audio_bytes_decode_or_are_refused(data: bytes) -> None:
+    # What stt weighs a request by before decoding (max_batch_audio_seconds) never raises.
+    seconds = declared_seconds(data)
+    assert np.isfinite(seconds) and seconds >= 0.0
     audio = accepted_or_refused(decode_audio, data, **AUDIO_LIMITS)
     if audio is not None:
         assert audio.dtype == np.float32 and audio.ndim == 1 and audio.size > 0

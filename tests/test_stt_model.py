@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from serving.budget import budget_groups
 from shared.errors import RequestError
 from tests.harness.runner import ModelHarness, ServerRejected
 from tests.speech import encode
@@ -30,20 +33,20 @@ def with_tokens(inputs: dict[str, np.ndarray], n: int = 6) -> dict[str, np.ndarr
     return {**inputs, "max_new_tokens": np.full((rows, 1), n, dtype=np.int32)}
 
 
-@pytest.fixture(scope="module")
-def stt(model_store: Path) -> Iterator[ModelHarness]:
+def loaded(model_store: Path, **parameters: str) -> Iterator[ModelHarness]:
+    """The stt model on the random tiny checkpoint with `parameters`, loaded, then finalized."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MODEL_STORE", str(model_store))
         harness = ModelHarness(
-            STT,
-            parameters={
-                "model_path": "whisper-tiny-random",
-                "max_audio_seconds": "60",
-                "max_audio_samples": "2000000",
-            },
+            STT, parameters={"model_path": "whisper-tiny-random", **parameters}
         ).load()
         yield harness
         harness.finalize()
+
+
+@pytest.fixture(scope="module")
+def stt(model_store: Path) -> Iterator[ModelHarness]:
+    yield from loaded(model_store, max_audio_seconds="60", max_audio_samples="2000000")
 
 
 def test_initialize_logs_the_placement_and_footprint(stt: ModelHarness) -> None:
@@ -205,3 +208,79 @@ def test_errors_are_counted_by_code(stt: ModelHarness) -> None:
     before = count("INVALID_ARG")
     stt.execute([stt.request(audio(b"junk")), stt.request(audio(b""))])
     assert count("INVALID_ARG") == before + 2
+
+
+@pytest.fixture(scope="module")
+def budgeted(model_store: Path) -> Iterator[ModelHarness]:
+    """stt with a 10 s budget of decoded audio per execute()."""
+    yield from loaded(model_store, max_batch_audio_seconds="10")
+
+
+def held_audio(harness: ModelHarness, monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The model's decode_audio, spied on: the most seconds of decoded audio alive at once
+    (each decoded array counted until it is freed) is kept in the returned list's one item."""
+    namespace = type(harness.model).parse.__globals__  # model.py's (the harness loads it by path)
+    real = namespace["decode_audio"]
+    alive: dict[int, float] = {}
+    most = [0.0]
+
+    def spy(*args: Any, **kwargs: Any) -> np.ndarray:
+        decoded = real(*args, **kwargs)
+        key = id(decoded)
+        alive[key] = decoded.shape[0] / kwargs["target_rate"]
+        weakref.finalize(decoded, alive.pop, key)
+        most[0] = max(most[0], sum(alive.values()))
+        return decoded
+
+    monkeypatch.setitem(namespace, "decode_audio", spy)
+    return most
+
+
+def test_a_batch_never_holds_more_decoded_audio_than_its_budget(
+    budgeted: ModelHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """max_batch_audio_seconds 10: four requests of 4 s are decoded and run two at a time
+    (all four decoded before one engine call held 16 s), each answered as alone."""
+    inputs = [with_tokens(audio(clip(4.0, i))) for i in range(4)]
+    alone = [budgeted.infer(i).text("text") for i in inputs]
+    calls: list[int] = []
+    real = budgeted.model.engine.transcribe
+    monkeypatch.setattr(
+        budgeted.model.engine, "transcribe", lambda rows: calls.append(len(rows)) or real(rows)
+    )
+    most = held_audio(budgeted, monkeypatch)
+    results = budgeted.execute([budgeted.request(i) for i in inputs])
+    assert most[0] == 8.0
+    assert calls == [2, 2]
+    assert [r.text("text") for r in results] == alone
+
+
+def test_a_request_over_the_batch_budget_fails_alone(
+    budgeted: ModelHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused from the headers, before a sample is decoded: three rows of 4 s (one request),
+    or one row of 12 s (under max_audio_seconds, over the batch's budget)."""
+    most = held_audio(budgeted, monkeypatch)
+    good = with_tokens(audio(clip(1.0, 0)))
+    rows = with_tokens(audio(clip(4.0, 1), clip(4.0, 2), clip(4.0, 3)))
+    long = with_tokens(audio(clip(12.0, 4)))
+    results = budgeted.execute(
+        [budgeted.request(good), budgeted.request(rows), budgeted.request(long)],
+        enforce_batcher=False,
+    )
+    assert results[0].error is None and most[0] == 1.0
+    assert results[1].code == "INVALID_ARG"
+    assert results[1].message == (
+        "input 'audio' is 12.0 s of audio in 3 rows; one batch holds at most 10 s "
+        "(max_batch_audio_seconds)"
+    )
+    assert results[2].code == "INVALID_ARG"
+    assert "12.0 s of audio in 1 rows" in results[2].message
+    assert "(max_batch_audio_seconds)" in results[2].message
+
+
+def test_budget_groups_pack_lightest_first_and_keep_the_order() -> None:
+    assert budget_groups([4.0, 4.0, 4.0, 4.0], 10.0) == [[0, 1], [2, 3]]
+    assert budget_groups([9.0, 1.0, 30.0, 2.0], 10.0) == [[1, 3], [0], [2]]
+    assert budget_groups([1.0, 2.0], 10.0) == [[0, 1]]
+    assert budget_groups([], 10.0) == []

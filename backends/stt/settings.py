@@ -29,4 +29,12 @@ def stt_params(default_model_path: str) -> list[Param]:
             doc="rows x longest row (seconds of audio) one generate() call may hold; a larger "
             "batch is split, so its features and activations stay bounded",
         ),
+        Param(
+            "max_batch_audio_seconds",
+            1800.0,
+            parse=float,
+            minimum=1.0,
+            doc="decoded audio one execute() holds at once (as the files' headers declare "
+            "it); a larger batch is decoded and run in groups, a larger request is refused",
+        ),
     ]
