@@ -15,7 +15,7 @@ import functools
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -30,7 +30,12 @@ from serving.errors import cancelled_response, error_response
 from serving.protocols import Request, Response
 from serving.streaming import Stream, submit_streams
 from shared.chat import FINISH_REASONS, MAX_STOP_CHARS, ChatRequest, Completion
-from shared.errors import invalid
+from shared.errors import ErrorCode, RequestError, invalid
+
+#: The input of a request that cancels another by its id (`ChatModel.withdraw`).
+CANCEL_INPUT = "cancel_id"
+#: The shortest request id that can be cancelled that way: a random token, not a guess.
+CANCEL_ID_CHARS = 32
 
 
 def read_chat_requests(request: Request, settings: Mapping[str, Any]) -> list[ChatRequest]:
@@ -90,13 +95,18 @@ def completion_tensors(completions: Sequence[Completion]) -> list[Any]:
 
 
 class RequestSink:
-    """A unary request as a row sink: nothing is streamed, but a client that left stops it."""
+    """A unary request as a row sink: nothing is streamed, but a client that left stops it
+    (or a `cancel_id` request naming it: `withdraw`)."""
 
     def __init__(self, request: Request) -> None:
         self._request = request
+        self.withdrawn = False
+
+    def withdraw(self) -> None:
+        self.withdrawn = True
 
     def cancelled(self) -> bool:
-        return bool(self._request.is_cancelled())
+        return self.withdrawn or bool(self._request.is_cancelled())
 
     def send(self, piece: str) -> None:
         """Unary responses carry the whole text at the end."""
@@ -107,9 +117,13 @@ class StreamSink:
 
     def __init__(self, stream: Stream) -> None:
         self._stream = stream
+        self.withdrawn = False
+
+    def withdraw(self) -> None:
+        self.withdrawn = True
 
     def cancelled(self) -> bool:
-        return self._stream.cancelled()
+        return self.withdrawn or self._stream.cancelled()
 
     def send(self, piece: str) -> None:
         self._stream.send([tensors.bytes_tensor("text", [piece])])
@@ -175,7 +189,8 @@ class GenerationMetrics:
 
 
 class ChatModel(ServedModel[ChatService]):
-    """What the three chat models share: the chat service, and metrics of what it generates."""
+    """What the three chat models share: the chat service, metrics of what it generates, and
+    cancellation by request id (`withdraw`)."""
 
     metrics: GenerationMetrics
     load_engine = staticmethod(ChatService.load)
@@ -183,6 +198,54 @@ class ChatModel(ServedModel[ChatService]):
     def start_metrics(self) -> None:
         super().start_metrics()
         self.metrics = GenerationMetrics(self.name, self.instance)
+        self._live: dict[str, list[RequestSink | StreamSink]] = {}
+        self._live_lock = threading.Lock()
+
+    # --- cancellation by request id ----------------------------------------------------------
+    # A BLS caller cannot cancel its call on tritonserver 2.51 (ResponseIterator.cancel() came
+    # later), so `voice_chat` cancels a chat stream it no longer needs with a second request
+    # whose `cancel_id` input names the first one's request id. Only ids of CANCEL_ID_CHARS or
+    # more (a random token, as voice_chat's) are cancellable, so that a guessed id cannot stop
+    # another client's request. It acts under continuous batching, where execute() returns at
+    # once; under static batching it is answered after the running batch.
+
+    def is_control(self, request: Request) -> bool:
+        return tensors.has_input(request, CANCEL_INPUT)
+
+    def withdraw(self, request: Request) -> RequestError | None:
+        """Cancel the live request `request`'s `cancel_id` names; the error if it names none."""
+        try:
+            (target,) = tensors.text_column(request, CANCEL_INPUT, 1, max_chars=256) or [""]
+        except RequestError as error:
+            return error
+        with self._live_lock:
+            sinks = self._live.get(target, [])
+        for sink in sinks:
+            sink.withdraw()
+        if not sinks:
+            return RequestError(
+                f"input '{CANCEL_INPUT}': no request with that id is running or waiting here",
+                ErrorCode.NOT_FOUND,
+            )
+        return None
+
+    def track(self, request: Request, sink: RequestSink | StreamSink) -> Callable[[], None]:
+        """Make `request` cancellable by its id while it runs; the call that forgets it."""
+        key = str(request.request_id())
+        if len(key) < CANCEL_ID_CHARS:
+            return lambda: None
+        with self._live_lock:
+            self._live.setdefault(key, []).append(sink)
+
+        def forget() -> None:
+            with self._live_lock:
+                sinks = self._live.get(key, [])
+                if sink in sinks:
+                    sinks.remove(sink)
+                if not sinks:
+                    self._live.pop(key, None)
+
+        return forget
 
     def record(self, completions: Sequence[Completion], started: float | None = None) -> None:
         """Metrics of finished rows; `started`: their execute()'s start (default: this one)."""
@@ -206,13 +269,32 @@ class UnaryChatModel(ChatModel, UnaryModel[ChatService, tuple[ChatRow, RequestSi
     next token and is answered CANCELLED."""
 
     def execute(self, requests: list[Request]) -> list[Response | None]:
-        if self.engine.scheduler is None:
-            return super().execute(requests)
-        self.started = time.perf_counter()
-        return submit_batch(requests, self.parse, self._submit, self.name, self.errors)
+        controls = [self.is_control(r) for r in requests]
+        work = [r for r, control in zip(requests, controls, strict=True) if not control]
+        if not work:
+            answered: list[Response | None] = []
+        elif self.engine.scheduler is None:
+            answered = super().execute(work)
+        else:
+            self.started = time.perf_counter()
+            answered = submit_batch(work, self.parse, self._submit, self.name, self.errors)
+        answers = iter(answered)
+        return [
+            self._withdrawal(r) if control else next(answers)
+            for r, control in zip(requests, controls, strict=True)
+        ]
+
+    def _withdrawal(self, request: Request) -> Response:
+        error = self.withdraw(request)
+        if error is not None:
+            self.errors.count(error.code.value)
+            return error_response(error)
+        return tensors.response(*completion_tensors([Completion("", "cancelled", 0, 0)]))
 
     def _submit(self, request: Request, rows: list[tuple[ChatRow, RequestSink]]) -> None:
         reply = _Reply(self, request, len(rows), self.started)
+        if rows:
+            reply.forget = self.track(request, rows[0][1])
         for index, (row, sink) in enumerate(rows):
             self.engine.submit(row, sink, functools.partial(reply.done, index), reply.failed)
 
@@ -240,6 +322,7 @@ class _Reply:
         self._results: list[Completion | None] = [None] * rows
         self._lock = threading.Lock()
         self._sent = False
+        self.forget: Callable[[], None] = lambda: None  # ChatModel.track's
 
     def done(self, index: int, completion: Completion) -> None:
         with self._lock:
@@ -264,6 +347,7 @@ class _Reply:
         self._send(error_response(engine_error(self._model.name, exc)))
 
     def _send(self, response: Response) -> None:
+        self.forget()
         self._model.errors.count_errors([response])
         sender = self._request.get_response_sender()
         sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
@@ -275,11 +359,25 @@ class StreamingChatModel(ChatModel, StreamingModel[ChatService, ChatRow]):
     batch and returns; static: all requests of one execute() stream from one generation."""
 
     def execute(self, requests: list[Request]) -> None:
+        for request in requests:
+            if self.is_control(request):
+                self._withdrawal(request)
+        work = [r for r in requests if not self.is_control(r)]
+        if not work:
+            return None
         if self.engine.scheduler is None:
-            return super().execute(requests)
+            return super().execute(work)
         self.started = time.perf_counter()
-        submit_streams(requests, self.parse, self._submit, self.name, self.errors)
+        submit_streams(work, self.parse, self._submit, self.name, self.errors)
         return None
+
+    def _withdrawal(self, request: Request) -> None:
+        stream = Stream(request, self.errors)
+        error = self.withdraw(request)
+        if error is not None:
+            stream.fail(error)
+        else:
+            stream.finish(_summary(Completion("", "cancelled", 0, 0)))
 
     def parse(self, request: Request) -> list[ChatRow]:
         chats = self.chat_requests(request)
@@ -298,15 +396,19 @@ class StreamingChatModel(ChatModel, StreamingModel[ChatService, ChatRow]):
     def _submit(self, rows: list[ChatRow], stream: Stream) -> None:
         (row,) = rows
         started = self.started
+        sink = StreamSink(stream)
+        forget = self.track(stream.request, sink)
 
         def done(completion: Completion) -> None:
+            forget()
             self.record([completion], started)
             stream.finish(_summary(completion))
 
         def failed(exc: Exception) -> None:
+            forget()
             stream.fail(engine_error(self.name, exc))
 
-        self.engine.submit(row, StreamSink(stream), done, failed)
+        self.engine.submit(row, sink, done, failed)
 
 
 def _summary(completion: Completion) -> list[Any]:

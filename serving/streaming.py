@@ -42,6 +42,7 @@ class Stream:
     """One decoupled request's response sender: send pieces, then finish exactly once."""
 
     def __init__(self, request: Request, errors: ErrorCounter | None = None) -> None:
+        self.request = request
         self._sender = request.get_response_sender()
         self._errors = errors
         self.finished = False

@@ -27,6 +27,11 @@ def request_rows(request: Request, name: str) -> int:
     return int(tensor.as_numpy().shape[0])
 
 
+def has_input(request: Request, name: str) -> bool:
+    """Whether the request carries the (optional) input `name`."""
+    return pb_utils.get_input_tensor_by_name(request, name) is not None
+
+
 def _column(request: Request, name: str, rows: int) -> np.ndarray | None:
     """One value per row of input `name` (dims [1]), or None when the client left it out."""
     tensor = pb_utils.get_input_tensor_by_name(request, name)

@@ -11,9 +11,10 @@ What tritonserver 2.51's BLS does not give, and what is done instead:
   this package name the input at fault ("input 'audio' ..."), so such a message is the
   client's fault (INVALID_ARG, under the same input names `voice_chat` takes), a model that
   is not ready is UNAVAILABLE, anything else INTERNAL; the message names the stage's model;
-- cancelling a BLS stream (ResponseIterator.cancel() came in a later python_backend): once
-  the client cancels, no more speech is started or sent, but the chat model generates on to
-  its max_new_tokens. `max_new_tokens` bounds that cost.
+- cancelling a BLS stream (ResponseIterator.cancel() came in a later python_backend): the
+  chat call carries a random request id, and when the client cancels, a second call with
+  `cancel_id` naming it stops the generation (the chat models' `cancel_id` input); no more
+  speech is started or sent either.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import secrets
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -118,14 +120,29 @@ def _bytes(value: str | bytes) -> np.ndarray:
     return np.array([[value.encode("utf-8") if isinstance(value, str) else value]], np.object_)
 
 
-def _request(model: str, inputs: Mapping[str, np.ndarray | None], outputs: list[str]) -> Any:
+def _request(
+    model: str, inputs: Mapping[str, np.ndarray | None], outputs: list[str], request_id: str = ""
+) -> Any:
     return pb_utils.InferenceRequest(
         model_name=model,
         inputs=[
             pb_utils.Tensor(name, value) for name, value in inputs.items() if value is not None
         ],
         requested_output_names=outputs,
+        request_id=request_id,
     )
+
+
+def _withdrawal(model: str, request_id: str) -> Any:
+    """The call that cancels the chat call `request_id` by naming it (the chat models'
+    `cancel_id` input): 2.51's BLS cannot cancel a call. Run it with `_drain`; an answer that
+    the call had already finished is fine."""
+    return _request(model, {"prompt": _bytes(""), "cancel_id": _bytes(request_id)}, [])
+
+
+def _drain(request: Any) -> None:
+    """Run a BLS call and drop its answer (blocking, for a worker thread)."""
+    collections.deque(request.exec(decoupled=True), 0)
 
 
 def _text(response: Any, name: str) -> str:
@@ -161,7 +178,8 @@ class BlsStages:
             if turn.max_new_tokens is None
             else np.array([[turn.max_new_tokens]], np.int32),
         }
-        request = _request(model, inputs, ["text", "finish_reason"])
+        request_id = secrets.token_hex(16)  # unguessable: what makes it cancellable
+        request = _request(model, inputs, ["text", "finish_reason"], request_id)
         responses = await request.async_exec(decoupled=True)
         loop = asyncio.get_running_loop()
         ended = False
@@ -174,9 +192,11 @@ class BlsStages:
             ended = True
         finally:
             if not ended:
-                # Left early: the stub's iterator reads the rest of the stream when it is
-                # freed, blocking; read it on a worker thread, not on the event loop that
+                # Left early (the client cancelled, or speech failed): stop the generation,
+                # and read what is left of the stream (the stub's iterator reads it when it
+                # is freed, blocking), both on worker threads, not on the event loop that
                 # every turn shares.
+                loop.run_in_executor(None, _drain, _withdrawal(model, request_id))
                 loop.run_in_executor(None, collections.deque, responses, 0)
 
     async def speak(self, sentence: str) -> bytes:

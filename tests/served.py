@@ -1,8 +1,9 @@
-"""One request to a served speech model, and a model's readiness: the calls tests of a whole
-server (local or the image's container) make between their real assertions."""
+"""One request to a served speech model, a model's readiness and a metric's value: the calls
+tests of a whole server (local or the image's container) make between their real assertions."""
 
 from __future__ import annotations
 
+import re
 import urllib.error
 import urllib.request
 
@@ -46,3 +47,11 @@ def model_ready(server: LocalTritonServer, model: str) -> bool:
             return r.status == 200
     except urllib.error.HTTPError:
         return False
+
+
+def metric(server: LocalTritonServer, name: str, model: str) -> float:
+    """A model's series of metric `name` on the server's :8002/metrics (0 before it exists)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as r:
+        text = r.read().decode("utf-8")
+    match = re.search(rf'^{name}{{[^}}]*model="{model}"[^}}]*}} (\S+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0

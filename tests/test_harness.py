@@ -146,13 +146,23 @@ def test_a_bls_request_needs_a_model_name_and_simple_parameters(pb: Any) -> None
         request.get_response_sender().send(pb.InferenceResponse(), flags=1)
 
 
-def test_bls_exec_reaches_registered_models_only_inside_execute(
+def test_bls_exec_reaches_registered_models_once_initialized_and_until_finalize(
     harness: ModelHarness,
 ) -> None:
+    """InferRequest::Exec refuses only a stub that is not initialized or is finalizing: a
+    thread the model started may call between two execute()s (voice_chat withdraws a chat
+    call so)."""
+    harness.instance.serving = False  # as inside initialize() or finalize()
+    try:
+        with harness.activated(executing=False) as pb:
+            request = pb.InferenceRequest(model_name="other", requested_output_names=[], inputs=[])
+            with pytest.raises(pb.TritonModelException, match="only supported during the 'exec"):
+                request.exec()
+    finally:
+        harness.instance.serving = True
     with harness.activated(executing=False) as pb:
-        request = pb.InferenceRequest(model_name="other", requested_output_names=[], inputs=[])
-        with pytest.raises(pb.TritonModelException, match="only supported during the 'execute'"):
-            request.exec()
+        outside = request.exec()
+        assert outside.has_error() and "Model 'other' is not ready" in outside.error().message()
     with harness.activated() as pb:
         missing = request.exec()
         assert missing.has_error() and "Model 'other' is not ready" in missing.error().message()

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -278,6 +279,75 @@ def test_cancelling_a_stream_stops_its_generation(stream: ModelHarness) -> None:
     stopped = [m for _, m in stream.logs if "the client cancelled; generation stopped after" in m]
     tokens = int(stopped[-1].split("after ")[1].split(" ")[0])
     assert 1 <= tokens < 3000, stopped[-1]
+
+
+TOKEN = "0123456789abcdef0123456789abcdef"  # a 32-character request id: cancellable by id
+
+
+def withdraw(harness: ModelHarness, request_id: str) -> Any:
+    """The answer to a request whose `cancel_id` names `request_id`."""
+    control = chat("", cancel_id=text(request_id))
+    if harness.decoupled:
+        return harness.infer(control)[-1]
+    return harness.infer(control)
+
+
+@pytest.mark.parametrize("name", ["vlm_stream", "llm"])
+def test_a_request_is_cancelled_by_another_naming_its_id(
+    name: str, stream: ModelHarness, model_store: Path
+) -> None:
+    """What voice_chat does with a chat call it no longer needs (BLS cannot cancel on 2.51):
+    the generation stops (the cancelled counter moves), the caller gets finish_reason
+    cancelled (a unary caller: CANCELLED), the withdrawal is answered cancelled."""
+    harness = (
+        stream if name == "vlm_stream" else load("llm", model_store, max_new_tokens_limit="4000")
+    )
+    try:
+        labels = {"model": name}
+        before = harness.metric("multimodal_generation_cancelled_total", labels)
+        counted = before.value if before else 0
+        request = harness.request(
+            chat("Tell me everything", max_new_tokens=i32(3000)), request_id=TOKEN
+        )
+        outcome: list[Any] = []
+        running = threading.Thread(target=lambda: outcome.append(harness.execute([request])))
+        running.start()
+        deadline = time.monotonic() + 60
+        while harness.model.engine.scheduler.load[0] == 0:  # until it is decoding
+            time.sleep(0.001)
+            assert time.monotonic() < deadline
+        answered = withdraw(harness, TOKEN)
+        running.join(60)
+        assert answered.error is None, answered.message
+        assert answer(answered)[1] == "cancelled"
+        (results,) = outcome[0]
+        if name == "vlm_stream":
+            assert results[-1].error is None and answer(results[-1])[1] == "cancelled"
+            assert 1 <= answer(results[-1])[3] < 3000
+        else:  # a unary request that was cancelled is answered CANCELLED, as when its client left
+            assert results.code == "CANCELLED"
+        after = harness.metric("multimodal_generation_cancelled_total", labels)
+        assert after is not None and after.value == counted + 1
+    finally:
+        if harness is not stream:
+            harness.finalize()
+
+
+def test_only_a_live_request_with_a_long_id_can_be_withdrawn(stream: ModelHarness) -> None:
+    unknown = withdraw(stream, TOKEN)
+    assert unknown.code == "NOT_FOUND" and "input 'cancel_id'" in unknown.message
+    # A short id (a client's own "1") is never cancellable by others: not found while it runs.
+    request = stream.request(chat("Tell me everything", max_new_tokens=i32(40)), request_id="1")
+    outcome: list[Any] = []
+    running = threading.Thread(target=lambda: outcome.append(stream.execute([request])))
+    running.start()
+    while not request._sender._deliveries:
+        time.sleep(0.001)
+    refused = withdraw(stream, "1")
+    running.join(60)
+    assert refused.code == "NOT_FOUND"
+    (results,) = outcome[0]
+    assert answer(results[-1])[1] == "length" and answer(results[-1])[3] == 40
 
 
 def test_a_request_cancelled_before_it_runs_gets_cancelled(stream: ModelHarness) -> None:

@@ -9,9 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import queue
-import re
 import time
-import urllib.request
 from typing import Any
 
 import numpy as np
@@ -31,16 +29,10 @@ from tests.chat_client import (
     tensors,
 )
 from tests.harness.server_fixture import wait_for_log
+from tests.served import metric
 from tools.local_server import LocalTritonServer
 
 pytestmark = pytest.mark.server
-
-
-def metric(server: LocalTritonServer, name: str, model: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as r:
-        text = r.read().decode("utf-8")
-    match = re.search(rf'^{name}{{[^}}]*model="{model}"[^}}]*}} (\S+)$', text, re.M)
-    return float(match.group(1)) if match else 0.0
 
 
 def test_http_round_trip_with_images(vlm_server: LocalTritonServer) -> None:

@@ -117,6 +117,8 @@ def test_a_client_that_cancels_hears_nothing_more(server: HarnessServer) -> None
         return run(requests)
 
     tts.model.execute = counted
+    cancelled = "multimodal_generation_cancelled_total"
+    before = chat_counter(cancelled)
     request = voice_chat.request(question("Tell me a long story about a dragon."))
 
     def client() -> None:  # hangs up once it has the transcript
@@ -134,3 +136,13 @@ def test_a_client_that_cancels_hears_nothing_more(server: HarnessServer) -> None
     assert [set(r.outputs) for r in results] == [{"transcript"}, set()]
     assert results[-1].client_cancelled
     assert sum(spoken) <= 1  # at most the sentence that was complete as the client left
+    # The chat model stopped generating too: voice_chat withdrew its call (`cancel_id`).
+    deadline = time.monotonic() + 60
+    while chat_counter(cancelled) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert chat_counter(cancelled) == before + 1
+
+
+def chat_counter(name: str) -> float:
+    series = ModelHarness.metric(name, {"model": "vlm_stream"})
+    return 0.0 if series is None else series.value

@@ -22,6 +22,7 @@ import tritonclient.grpc as grpcclient
 
 from tests import speech
 from tests.conftest import start_server
+from tests.served import metric
 from tools.local_server import LocalTritonServer
 
 pytestmark = [
@@ -162,3 +163,32 @@ def test_the_answer_is_the_chat_models_spoken_sentence_by_sentence(
         client.stop_stream()
         client.close()
     assert speech.words("".join(pieces)) == speech.words(turn.answer)
+
+
+def test_a_client_that_cancels_stops_the_chat_models_generation(
+    server: LocalTritonServer,
+) -> None:
+    """voice_chat withdraws its chat call (`cancel_id`): the chat model's cancellation counter
+    moves and it generates far fewer tokens than it was allowed."""
+    cancelled = metric(server, "multimodal_generation_cancelled_total", "vlm_stream")
+    tokens = metric(server, "multimodal_generated_tokens_total", "vlm_stream")
+    samples, rate = speech.speak("Tell me a very long story about a dragon and a knight.")
+    inputs = [
+        bytes_input("audio", speech.encode(samples, rate)),
+        grpcclient.InferInput("max_new_tokens", [1, 1], "INT32"),
+    ]
+    inputs[1].set_data_from_numpy(np.array([[1000]], dtype=np.int32))
+    got: queue.Queue[Any] = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client.start_stream(callback=lambda result, error: got.put((result, error)))
+    client.async_stream_infer("voice_chat", inputs)
+    result, error = got.get(timeout=300)  # the transcript: the answer is being generated
+    assert error is None and result.as_numpy("transcript") is not None
+    client.stop_stream(cancel_requests=True)
+    client.close()
+    deadline = time.monotonic() + 120
+    while metric(server, "multimodal_generation_cancelled_total", "vlm_stream") == cancelled:
+        assert time.monotonic() < deadline, "the chat model never stopped generating"
+        time.sleep(0.2)
+    generated = metric(server, "multimodal_generated_tokens_total", "vlm_stream") - tokens
+    assert 1 <= generated < 1000

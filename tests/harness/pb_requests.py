@@ -394,7 +394,7 @@ class InferenceRequest:
         if not isinstance(decoupled, bool):
             raise incompatible("exec", decoupled)
         instance = self._owner or stub.current()
-        if not instance.in_execute:
+        if not instance.bls_allowed:
             raise TritonModelException("BLS is only supported during the 'execute' function.")
         handler = instance.bls_models.get(self._model_name)
         if hasattr(handler, "serve_bls"):

@@ -260,12 +260,14 @@ class ModelHarness:
             self.model = model_class()
             if hasattr(self.model, "initialize"):
                 self.model.initialize(self.args())
+        self.instance.serving = True
         return self
 
     def finalize(self) -> None:
         """finalize() if defined; like the stub, an exception in it is only logged."""
         if self.model is None:
             return
+        self.instance.serving = False
         for thread in self._bls_threads:  # a BLS caller may have left before the answer's end
             thread.join(self.response_timeout)
         if self._loop is not None:

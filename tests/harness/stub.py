@@ -38,11 +38,13 @@ class Instance:
     # (ModelHarness.serve_bls), or a handler(request) -> response(s).
     bls_models: dict[str, Any] = field(default_factory=dict)
     executing: int = 0  # execute() calls (and async execute() coroutines) under way
+    serving: bool = False  # initialize() has returned and finalize() has not begun
 
     @property
-    def in_execute(self) -> bool:
-        """BLS is allowed: an execute() of this instance is running."""
-        return self.executing > 0
+    def bls_allowed(self) -> bool:
+        """BLS is allowed, as InferRequest::Exec checks it: the stub is initialized and not
+        finalizing. Not only inside execute(): a thread the model started may call too."""
+        return self.serving
 
 
 _lock = threading.RLock()
