@@ -310,3 +310,67 @@ def test_static_batching_stays_selectable(model_store: Path) -> None:
     assert service.scheduler is None and "batching=static" in service.describe()
     generate = load(model_store, "smolvlm-tiny-random", decoder="generate")
     assert generate.scheduler is None, "generate() runs a batch to its end: static"
+
+
+# --- long prompts pass in chunks -------------------------------------------------------------
+
+LONG = ChatRequest(" ".join(f"word{i}" for i in range(60)) + ". Summarise.", max_new_tokens=6)
+CHUNK = 48  # prompt tokens per chunk: "Hi" passes whole, LONG in several
+
+
+@pytest.fixture
+def chunky(model_store: Path) -> Iterator[ChatService]:
+    service = load(model_store, "smolvlm-tiny-random", decoder="fused", max_prefill_tokens=CHUNK)
+    yield service
+    service.close()
+
+
+def test_a_long_prompt_passes_in_chunks_between_steps_and_decodes_as_alone(
+    chunky: ChatService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from backends.chat.engine import ChunkedPrefill
+
+    events: list[str] = []
+    advance, step = ChunkedPrefill.advance, chunky.engine.fused.step  # type: ignore[union-attr]
+
+    def chunk(self: ChunkedPrefill) -> Any:
+        events.append("chunk")
+        return advance(self)
+
+    def stepped(tokens: Any, state: Any) -> Any:
+        events.append("step")
+        return step(tokens, state)
+
+    monkeypatch.setattr(ChunkedPrefill, "advance", chunk)
+    monkeypatch.setattr(chunky.engine.fused, "step", stepped)
+    encoded = chunky.prepare(LONG).engine_row
+    assert encoded is not None and encoded.encoded.prompt_tokens > 3 * CHUNK
+    alone = chunky.run([chunky.prepare(LONG)])[0]
+    running = submit(chunky, ChatRequest("Hi", max_new_tokens=200), Sink(wake_at=2))
+    long = submit(chunky, LONG)
+    assert completion(long).token_ids == alone.token_ids
+    completion(running)
+    chunks = [i for i, event in enumerate(events) if event == "chunk"]
+    assert len(chunks) == -(-encoded.encoded.prompt_tokens // CHUNK)
+    # A decoding step between every two chunks: the running row never waited for the whole.
+    assert all(events[i + 1] == "step" for i in chunks[:-1]), events
+
+
+def test_a_long_prompt_cancelled_while_it_passes_costs_at_most_one_more_chunk(
+    chunky: ChatService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from backends.chat.engine import ChunkedPrefill
+
+    chunks: list[int] = []
+    advance = ChunkedPrefill.advance
+    sink = Sink()
+
+    def chunk(self: ChunkedPrefill) -> Any:
+        chunks.append(self.done)
+        sink.cancel_after = 0  # the client leaves during the first chunk
+        return advance(self)
+
+    monkeypatch.setattr(ChunkedPrefill, "advance", chunk)
+    result = completion(submit(chunky, LONG, sink))
+    assert result.finish_reason == "cancelled" and result.completion_tokens == 0
+    assert chunks == [0]

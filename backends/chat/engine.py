@@ -327,6 +327,11 @@ class VlmEngine:
         with torch.inference_mode():
             return self._prompt_pass(batch, room)
 
+    def chunked_prefill(self, row: Encoded, room: int, chunk: int) -> ChunkedPrefill:
+        """The prompt pass of one text-only row, `chunk` tokens at a time (`ChunkedPrefill`)."""
+        batch, _ = self._collate([row])
+        return ChunkedPrefill(self.model, batch, room, chunk)
+
     def _prompt_pass(
         self, batch: dict[str, torch.Tensor], room: int
     ) -> tuple[torch.Tensor, DecodeState]:
@@ -370,6 +375,48 @@ class VlmEngine:
                 self.device, dtype=self.float_dtype if value.is_floating_point() else None
             )
         return batch, starts
+
+
+class ChunkedPrefill:
+    """A long text-only prompt's pass, a chunk of tokens per `advance()`, through the model's
+    own forward with its cache (as `generate()` continues a prompt).
+
+    Why: a prompt pass of thousands of tokens takes seconds on a CPU, and rows that are
+    decoding would wait for all of it; in chunks, continuous batching runs a decoding step
+    between two chunks, and a request cancelled meanwhile costs at most the chunk under way.
+    """
+
+    def __init__(self, model: Any, batch: dict[str, torch.Tensor], room: int, chunk: int) -> None:
+        from transformers import DynamicCache
+
+        self._model, self._room, self._chunk = model, room, chunk
+        self._ids = batch["input_ids"]
+        self._mask = batch["attention_mask"]
+        self._positions = (self._mask.long().cumsum(-1) - 1).masked_fill(self._mask == 0, 0)
+        self._cache = DynamicCache(config=model.config.get_text_config())
+        self.done = 0  # prompt tokens through the model so far
+
+    @property
+    def length(self) -> int:
+        return int(self._ids.shape[1])
+
+    def advance(self) -> tuple[torch.Tensor, DecodeState] | None:
+        """One more chunk; at the last, the first-token logits and the decoding state."""
+        start, end = self.done, min(self.done + self._chunk, self.length)
+        with torch.inference_mode():
+            output = self._model(
+                input_ids=self._ids[:, start:end],
+                attention_mask=self._mask[:, :end],
+                position_ids=self._positions[:, start:end],
+                past_key_values=self._cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        self.done = end
+        if end < self.length:
+            return None
+        logits = output.logits[:, -1].float()
+        return logits, DecodeState(self._cache, self._mask, self._positions, self._room)
 
 
 def _blank_text(conversation: list[dict[str, Any]]) -> list[dict[str, Any]]:

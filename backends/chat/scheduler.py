@@ -12,7 +12,10 @@ The loop, between two decoding steps:
    flight, key/value slots, prompt tokens per admission); a job whose client already left is
    answered `cancelled` without any work;
 2. **prompt pass** of the admitted jobs as one left-padded batch (images included), which
-   gives each its first token; the rows still going join the running `DecodeState`;
+   gives each its first token; the rows still going join the running `DecodeState`. A
+   text-only prompt longer than `max_prefill_tokens` passes in chunks of that many tokens,
+   one chunk between two decoding steps (`ChunkedPrefill`), so the rows decoding wait for at
+   most one chunk, and a request cancelled meanwhile costs at most the chunk under way;
 3. **step**: one fused decoding step for every running row; each row then takes its token
    through its own sampler and tracker (sampling options, seed, stop strings,
    `max_new_tokens`, cancellation, as in a static batch: `backends.chat.sampling`), and a
@@ -43,7 +46,7 @@ from typing import TypeVar
 import torch
 
 from backends.chat.decode import DecodeState, FusedDecoder
-from backends.chat.engine import EngineRow, VlmEngine
+from backends.chat.engine import ChunkedPrefill, EngineRow, VlmEngine
 from backends.chat.sampling import RowSampler, RowSink, RowTracker
 from shared.chat import Completion
 
@@ -71,7 +74,8 @@ class BatchLimits:
     `max_tokens` bounds the key/value buffers: rows x allocated columns (each row's columns
     hold its prompt, its left padding and room for its remaining tokens). `max_prefill_tokens`
     bounds the prompt tokens of one admission, so the rows decoding wait for at most one such
-    prompt pass between two steps (a single longer prompt is still admitted alone).
+    prompt pass between two steps: a longer text-only prompt passes in chunks of that size; a
+    longer prompt with images (its images must pass whole) is admitted alone.
     """
 
     max_rows: int
@@ -114,6 +118,7 @@ class Scheduler:
         self._rows: list[_Row] = []
         self._state: DecodeState | None = None
         self._tokens: torch.Tensor | None = None  # each running row's next input token
+        self._prefilling: tuple[Job, ChunkedPrefill] | None = None  # a long prompt, chunk-wise
         self._wake = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="chat-scheduler", daemon=True)
@@ -134,11 +139,12 @@ class Scheduler:
             self._closed = True
             self._wake.notify()
         self._thread.join()
-        for row in self._rows:
-            _call(row.job.failed, reason)
-        for job in self._waiting:
+        jobs = [row.job for row in self._rows] + list(self._waiting)
+        if self._prefilling is not None:
+            jobs.append(self._prefilling[0])
+        for job in jobs:
             _call(job.failed, reason)
-        self._rows, self._waiting = [], deque()
+        self._rows, self._waiting, self._prefilling = [], deque(), None
 
     @property
     def load(self) -> tuple[int, int]:
@@ -150,14 +156,34 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not self._closed and not self._waiting and not self._rows:
+                while (
+                    not self._closed
+                    and not self._waiting
+                    and not self._rows
+                    and self._prefilling is None
+                ):
                     self._wake.wait()
                 if self._closed:
                     return
-            with torch.inference_mode():
-                self._admit()
-                if self._rows:
-                    self._step()
+            try:
+                with torch.inference_mode():
+                    self._admit()
+                    if self._prefilling is not None:
+                        self._advance_prefill()
+                    if self._rows:
+                        self._step()
+            except Exception as exc:  # a bug here must not end the loop every request needs
+                log.exception("chat scheduler: the loop failed; its running rows fail")
+                self._fail_running(exc)
+
+    def _fail_running(self, exc: Exception) -> None:
+        """Every running row, and a prompt under way, fails with `exc`; the batch is empty."""
+        jobs = [row.job for row in self._rows]
+        if self._prefilling is not None:
+            jobs.append(self._prefilling[0])
+        self._rows, self._state, self._tokens, self._prefilling = [], None, None, None
+        for job in jobs:
+            _call(job.failed, exc)
 
     def _admit(self) -> None:
         arrivals: list[Job] = []
@@ -168,32 +194,72 @@ class Scheduler:
                 if job.sink is not None and job.sink.cancelled():
                     gone.append(self._waiting.popleft())
                     continue
-                if not self._fits([*arrivals, job]):
+                chunked = self._chunked(job)
+                if (chunked and (arrivals or self._prefilling)) or not self._fits([*arrivals, job]):
                     break
                 arrivals.append(self._waiting.popleft())
+                if chunked:
+                    break
         for job in gone:
-            _call(job.done, Completion("", "cancelled", job.row.encoded.prompt_tokens, 0))
-        if arrivals:
+            _cancelled(job)
+        if len(arrivals) == 1 and self._chunked(arrivals[0]):
+            job = arrivals[0]
+            job.admitted = time.perf_counter()
+            chunks = self.engine.chunked_prefill(
+                job.row.encoded, job.row.sampling.max_new_tokens, self.limits.max_prefill_tokens
+            )
+            self._prefilling = (job, chunks)
+        elif arrivals:
             self._prefill(arrivals)
+
+    def _chunked(self, job: Job) -> bool:
+        """Whether `job`'s prompt passes in chunks: text only, and longer than one."""
+        encoded = job.row.encoded
+        return (
+            encoded.prompt_tokens > self.limits.max_prefill_tokens
+            and "pixel_values" not in encoded.inputs
+        )
+
+    def _advance_prefill(self) -> None:
+        """One chunk of the long prompt under way; at its end, the row joins."""
+        assert self._prefilling is not None
+        job, chunks = self._prefilling
+        if job.sink is not None and job.sink.cancelled():
+            self._prefilling = None
+            _cancelled(job)
+            return
+        try:
+            result = chunks.advance()
+        except Exception as exc:
+            self._prefilling = None
+            _call(job.failed, exc)
+            return
+        if result is not None:
+            self._prefilling = None
+            self._join([job], *result)
 
     def _fits(self, jobs: Sequence[Job]) -> bool:
         """Whether the running rows and `jobs` stay inside the limits (a first job always
         does: the settings make one request's largest need fit)."""
-        if not self._rows and len(jobs) == 1:
+        rows = len(self._rows) + (self._prefilling is not None)
+        if not rows and len(jobs) == 1:
             return True
         limits = self.limits
-        if len(self._rows) + len(jobs) > limits.max_rows:
+        if rows + len(jobs) > limits.max_rows:
             return False
         prompts = [job.row.encoded.prompt_tokens for job in jobs]
         if len(jobs) > 1 and sum(prompts) > limits.max_prefill_tokens:
             return False
-        length = max(prompts)
+        pending = list(jobs)
+        if self._prefilling is not None:
+            pending.append(self._prefilling[0])
+        length = max(job.row.encoded.prompt_tokens for job in pending)
         if self._state is not None:
             length = max(length, self._state.length - self._state.padding())
         room = max(
-            [job.row.sampling.max_new_tokens for job in jobs] + [r.remaining for r in self._rows]
+            [job.row.sampling.max_new_tokens for job in pending] + [r.remaining for r in self._rows]
         )
-        return (len(self._rows) + len(jobs)) * (length + room) <= limits.max_tokens
+        return (rows + len(jobs)) * (length + room) <= limits.max_tokens
 
     def _prefill(self, jobs: list[Job]) -> None:
         """The prompt pass of `jobs`; on failure, halves until the failing job is alone."""
@@ -212,6 +278,11 @@ class Scheduler:
             self._prefill(jobs[:half])
             self._prefill(jobs[half:])
             return
+        self._join(jobs, logits, state)
+
+    def _join(self, jobs: list[Job], logits: torch.Tensor, state: DecodeState) -> None:
+        """Rows that have passed their prompt take their first token; those still going join
+        the running batch."""
         rows = [_Row(job, self.engine) for job in jobs]
         self.engine.decode_totals.count(len(rows))  # their first token: a step, as in generate()
         tokens = self._take(rows, logits)
@@ -285,6 +356,11 @@ class Scheduler:
                 continue
             completion = row.tracker.completions([row.job.row.encoded.prompt_tokens])[0]
             _call(row.job.done, replace(completion, admitted_at=row.job.admitted))
+
+
+def _cancelled(job: Job) -> None:
+    """A job whose client left before its prompt pass ended: answered, nothing generated."""
+    _call(job.done, Completion("", "cancelled", job.row.encoded.prompt_tokens, 0))
 
 
 def _call(callback: Callable[[T], None], value: T) -> None:

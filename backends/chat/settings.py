@@ -64,8 +64,9 @@ def chat_params(default_model_path: str, *, images: bool) -> list[Param]:
             2048,
             parse=int,
             minimum=1,
-            doc="continuous batching: prompt tokens admitted between two decoding steps "
-            "(a longer single prompt is admitted alone)",
+            doc="continuous batching: prompt tokens passed between two decoding steps (a "
+            "longer text-only prompt passes in chunks of this size, one per step; a longer "
+            "prompt with images passes whole)",
         ),
         Param(
             "max_new_tokens",
