@@ -13,6 +13,7 @@ are refused. Every failure is a `RequestError` naming the input and the limit.
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import soundfile as sf
@@ -136,8 +137,11 @@ def _read_mono(sound: sf.SoundFile, target_rate: int, limit: int, name: str) -> 
     stream = None
     if rate != target_rate:
         stream = soxr.ResampleStream(rate, target_rate, 1, dtype="float32", quality="HQ")
-    pieces: list[np.ndarray] = []
-    read = 0
+    # The result is written into one array sized from the header (checked against the limits
+    # above), not gathered in pieces and joined: joining held the result twice at its end.
+    # A header that declares too little grows it; pages never written cost no memory.
+    result = np.empty(math.ceil(sound.frames * target_rate / rate) + 64, dtype=np.float32)
+    filled = read = 0
     while True:
         block = sound.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
         read += block.shape[0]
@@ -149,12 +153,19 @@ def _read_mono(sound: sf.SoundFile, target_rate: int, limit: int, name: str) -> 
         _check_samples(block, name)
         last = block.shape[0] < _BLOCK_FRAMES
         mono = block.mean(axis=1, dtype=np.float32)
-        pieces.append(mono if stream is None else stream.resample_chunk(mono, last=last))
+        piece = mono if stream is None else stream.resample_chunk(mono, last=last)
+        if filled + piece.shape[0] > result.shape[0]:
+            grown = np.empty(max(2 * result.shape[0], filled + piece.shape[0]), dtype=np.float32)
+            grown[:filled] = result[:filled]
+            result = grown
+        result[filled : filled + piece.shape[0]] = piece
+        filled += piece.shape[0]
         if last:
             break
     if read == 0:
         raise invalid(f"input '{name}' contains no audio samples")
-    return np.concatenate(pieces).astype(np.float32, copy=False)
+    # A view keeps the whole array: a copy when most of it went unused.
+    return result[:filled] if 2 * filled >= result.shape[0] else result[:filled].copy()
 
 
 def _check_samples(block: np.ndarray, name: str) -> None:

@@ -79,7 +79,8 @@ def test_stt_at_the_duration_limit_stays_within_the_stated_memory(
     before = reset_peaks(server, "stt")
     transcribe(server, out.getvalue())
     peak = peak_above(before)
-    # Measured 255 MB (2026-12-07): decoding about 225 MB of it, the features made a window
-    # at a time (58 MB) the rest. With the extractor's spectrogram of the whole 30 minutes at
-    # once it was 1 243 to 1 251 MB (docs/reliability.md). Held under 512 MB.
+    # Measured 251 to 255 MB (2026-12-07): the decoded audio (110 MB), held while its
+    # features (58 MB, made a window at a time) and the windows are run. With the extractor's
+    # spectrogram of the whole 30 minutes at once it was 1 243 to 1 251 MB
+    # (docs/reliability.md). Held under 512 MB.
     assert peak < 512 * MB, f"{peak / MB:.0f} MB"
