@@ -6,6 +6,7 @@ the project)."""
 from __future__ import annotations
 
 import ast
+import asyncio
 import base64
 import io
 import json
@@ -21,7 +22,7 @@ from tritonclient.grpc.model_config_pb2 import ModelConfig
 from tests.harness import config as harness_config
 from tests.harness import validation
 from tests.speech import espeak_available
-from tools.loadtest import content, inputs, local, perf, stats
+from tools.loadtest import content, inputs, loadgen, local, perf, stats
 from tools.loadtest.content import ContentOptions, Sample
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -322,6 +323,41 @@ def test_perf_analyzer_command(tmp_path: Path) -> None:
     )  # fmt: skip
     assert "--measurement-interval" in windows and "--request-count" not in windows
     assert "--streaming" not in windows and "--shared-memory" not in windows
+
+
+def test_poisson_levels_ask_perf_analyzer_for_a_request_rate(tmp_path: Path) -> None:
+    settings = perf.PerfSettings(requests=24, poisson=True)
+    cmd = perf.command(
+        "llm", perf.Endpoint("grpc", "host:8001"), tmp_path / "d.json", 2.5, settings,
+        tmp_path / "r.csv", tmp_path / "e.json", streaming=False,
+    )  # fmt: skip
+    text = " ".join(cmd)
+    assert "--request-rate-range 2.5:2.5 --request-distribution poisson" in text
+    assert "--concurrency-range" not in text and "--request-count 24" in text
+
+
+def test_the_open_loop_sends_on_schedule_whatever_the_answers() -> None:
+    """Poisson arrivals do not wait for answers (a closed loop of one keeps one in flight)."""
+
+    class Slow:
+        def __init__(self) -> None:
+            self.in_flight = self.most = 0
+            self.sent: list[int] = []
+
+        async def send(self, index: int) -> None:
+            self.sent.append(index)
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+            await asyncio.sleep(0.2)
+            self.in_flight -= 1
+
+        async def close(self) -> None:
+            pass
+
+    target = Slow()
+    level = asyncio.run(loadgen.open_loop(target, 3, rate=200.0, requests=12))
+    assert len(level.timings) == 12 and sorted(target.sent) == sorted(i % 3 for i in range(12))
+    assert target.most > 1
 
 
 def test_repository_copy_without_batching_changes_only_dynamic_batching(tmp_path: Path) -> None:

@@ -107,11 +107,10 @@ def cmd_baseline(args: argparse.Namespace, argv: list[str]) -> int:
             results["models"][model] = entry
             repo = repository_copy(args.repository, [model], work / f"repo-{model}")
             triton_name = f"triton ({args.triton_protocol}, shipped config)"
-            entry["series"][triton_name] = {
-                "levels": triton_generator_levels(
-                    args, repo, model, env, samples, work / f"{model}-triton.log", "triton"
-                )
-            }
+            levels, _ = triton_generator_levels(
+                args, repo, model, env, samples, work / f"{model}-triton.log", "triton"
+            )
+            entry["series"][triton_name] = {"levels": levels}
             name = "baseline (FastAPI + transformers, one request at a time)"
             progress(f"{model}: starting the baseline server ({task}, {checkpoint})")
             with baseline_server(

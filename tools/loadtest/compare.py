@@ -77,6 +77,24 @@ def generator_levels(
     return levels
 
 
+def rate_levels(
+    args: argparse.Namespace, make_target: Callable[[int], Any], samples: int, label: str
+) -> list[dict[str, Any]]:
+    """The load generator at every Poisson arrival rate of `--rates` (`--rate-requests` each)."""
+    levels = []
+    for rate in args.rates:
+        progress(f"{label}: Poisson arrivals at {rate:g}/s, {args.rate_requests} requests")
+        with CpuProbe() as probe:
+            level = loadgen.run_level(make_target, samples, 1, args.rate_requests, rate=rate)
+        level["interference"] = probe.record()
+        progress(
+            f"{label}: {rate:g}/s offered: {level['throughput']:.2f}/s served, "
+            f"p50 {level['p50_ms']:.0f} ms, p99 {level['p99_ms']:.0f} ms"
+        )
+        levels.append(level)
+    return levels
+
+
 def triton_generator_levels(
     args: argparse.Namespace,
     repo: Path,
@@ -85,9 +103,10 @@ def triton_generator_levels(
     samples: list[Any],
     log: Path,
     label: str,
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """A local Triton serving `model` from `repo`, driven by the suite's load generator (over
-    --triton-protocol) at every concurrency: the Triton side of baseline and peers."""
+    --triton-protocol) at every concurrency, then at every Poisson rate of `args.rates` where
+    the command has them: the Triton side of baseline and peers."""
     with local_server(repo, [model], env, log) as server:
         url = server.grpc_url if args.triton_protocol == "grpc" else server.http_url
         client = connect(Endpoint("grpc", server.grpc_url))
@@ -95,9 +114,12 @@ def triton_generator_levels(
             served = model_config(client, model)
         finally:
             client.close()
-        return generator_levels(
-            args,
-            lambda c: loadgen.TritonTarget(args.triton_protocol, url, served, samples),
-            len(samples),
-            f"{model} on {label}",
-        )
+
+        def target(_connections: int) -> loadgen.TritonTarget:
+            return loadgen.TritonTarget(args.triton_protocol, url, served, samples)
+
+        levels = generator_levels(args, target, len(samples), f"{model} on {label}")
+        if getattr(args, "rates", None):
+            poisson = rate_levels(args, target, len(samples), f"{model} on {label}")
+            return levels, poisson
+        return levels, []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -202,19 +203,55 @@ async def closed_loop(target: Target, samples: int, concurrency: int, requests: 
     return level
 
 
-def run_level(make_target: Any, samples: int, concurrency: int, requests: int) -> dict[str, Any]:
-    """One concurrency level against a fresh target (its own connections); summarized. For text
-    models also tokens per second and the answers, to compare servers."""
+async def open_loop(
+    target: Target, samples: int, rate: float, requests: int, seed: int = 0
+) -> Level:
+    """`requests` requests arriving as a Poisson process of `rate` per second, whatever the
+    answers (an open loop: a slow server is not given time to catch up). The gaps are drawn
+    from `seed`, so every server compared gets the same arrival times."""
+    level = Level([], [])
+    gaps = random.Random(seed)
+
+    async def one(index: int) -> None:
+        sent = time.monotonic_ns()
+        answer = await target.send(index % samples)
+        level.timings.append(Timing(sent, (time.monotonic_ns(),)))
+        if answer is not None:
+            level.answers.append((index % samples, answer))
+
+    start, at, tasks = time.monotonic(), 0.0, []
+    for index in range(requests):
+        at += gaps.expovariate(rate)
+        await asyncio.sleep(max(0.0, start + at - time.monotonic()))
+        tasks.append(asyncio.ensure_future(one(index)))
+    await asyncio.gather(*tasks)
+    return level
+
+
+#: Connections a target keeps for an open loop, where requests in flight are not bounded.
+OPEN_LOOP_CONNECTIONS = 64
+
+
+def run_level(
+    make_target: Any, samples: int, concurrency: int, requests: int, rate: float | None = None
+) -> dict[str, Any]:
+    """One concurrency level (or, with `rate`, Poisson arrivals at that rate) against a fresh
+    target (its own connections); summarized. For text models also tokens per second and the
+    answers, to compare servers."""
 
     async def main() -> Level:
-        target = make_target(concurrency)
+        target = make_target(OPEN_LOOP_CONNECTIONS if rate else concurrency)
         try:
+            if rate:
+                return await open_loop(target, samples, rate, requests)
             return await closed_loop(target, samples, concurrency, requests)
         finally:
             await target.close()
 
     level = asyncio.run(main())
-    summary: dict[str, Any] = {"concurrency": concurrency, **summarize(level.timings)}
+    summary: dict[str, Any] = {"concurrency": rate or concurrency, **summarize(level.timings)}
+    if rate:
+        summary["request_rate"] = rate
     if level.answers and len(level.answers) == len(level.timings):
         summary.update(token_figures(level))
     return summary

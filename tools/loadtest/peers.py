@@ -4,8 +4,9 @@ People who serve small language models on CPUs run llama.cpp today. This command
 GGUF file our `smolvlm-256m-smollm2` checkpoint was converted from with `llama-server`
 (continuous batching over `--slots` parallel sequences, the OpenAI API), serves our model with
 its shipped config, and drives both with the same prompts, the same closed-loop load generator
-and the same concurrency levels, one server at a time. Both decode greedily, at most
-`--max-new-tokens` tokens. Per level: requests/s, generated tokens/s, p50/p99 latency and the
+and the same concurrency levels, then (`--rates`) the same seeded Poisson arrivals, one server
+at a time, reporting the highest rate each serves with p99 under `--p99-bound-ms`. Both
+decode greedily, at most `--max-new-tokens` tokens. Per level: requests/s, generated tokens/s, p50/p99 latency and the
 time per output token a client sees; and how many greedy answers were the same text (the
 weights are the same values, the arithmetic is not: llama.cpp multiplies 4-bit weights with
 8-bit activations, transformers dequantized float weights).
@@ -22,10 +23,10 @@ from typing import Any
 from tools.local_server import free_port
 
 from . import loadgen
-from .compare import generator_levels, http_process, triton_generator_levels
+from .compare import generator_levels, http_process, rate_levels, triton_generator_levels
 from .inputs import is_decoupled, read_config
 from .local import repository_copy
-from .options import content_options, models, server_env
+from .options import content_options, float_list, models, server_env
 from .results import collecting, level_at, prepare_model, progress
 from .setups import parse_setups
 
@@ -51,6 +52,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="none:auto",  # argparse parses it with `type`
         help="one Triton series per QUANTIZATION:DTYPE[:NAME=VALUE...] "
         "(default %(default)s, the shipped config)",
+    )
+    parser.add_argument(
+        "--rates",
+        type=float_list,
+        default=[],
+        help="Poisson arrival rates (requests/s) to offer each server after the closed-loop "
+        "levels, the same seeded arrival times for all (default none)",
+    )
+    parser.add_argument(
+        "--rate-requests", type=int, default=32, help="requests per rate (default 32)"
+    )
+    parser.add_argument(
+        "--p99-bound-ms",
+        type=float,
+        default=5000.0,
+        help="the p99 latency a rate must stay under to count as sustained (default 5000)",
     )
     parser.add_argument(
         "--triton-protocol",
@@ -95,11 +112,12 @@ def cmd_peers(args: argparse.Namespace, argv: list[str]) -> int:
                 name = f"triton ({args.triton_protocol}, {setup.name})"
                 setup_env = {**env, **setup.env(model)}
                 log = work / f"{model}-{setup.name.replace(' ', '-')}-triton.log"
-                entry["series"][name] = {
-                    "levels": triton_generator_levels(
-                        args, repo, model, setup_env, samples, log, f"triton ({setup.name})"
-                    )
-                }
+                levels, poisson = triton_generator_levels(
+                    args, repo, model, setup_env, samples, log, f"triton ({setup.name})"
+                )
+                entry["series"][name] = {"levels": levels}
+                if poisson:
+                    entry["series"][f"{name} poisson"] = {"levels": poisson}
                 ours.append((setup.name, name))
             theirs = f"llama-server ({args.slots} slots, {args.threads} threads)"
             port = free_port()
@@ -112,21 +130,40 @@ def cmd_peers(args: argparse.Namespace, argv: list[str]) -> int:
                 "llama-server",
             ):
                 chat_url = f"http://127.0.0.1:{port}/v1/chat/completions"
+
+                def target(c: int, url: str = chat_url, samples: Any = samples) -> Any:
+                    return loadgen.OpenAiChatTarget(url, samples, c, args.max_new_tokens)
+
+                label = f"{model} on llama-server"
                 entry["series"][theirs] = {
-                    "levels": generator_levels(
-                        args,
-                        lambda c, url=chat_url, samples=samples: loadgen.OpenAiChatTarget(
-                            url, samples, c, args.max_new_tokens
-                        ),
-                        len(samples),
-                        f"{model} on llama-server",
-                    ),
+                    "levels": generator_levels(args, target, len(samples), label),
                     "about": " ".join(llama_server_command(args, port)[1:]),
                 }
+                if args.rates:
+                    entry["series"][f"{theirs} poisson"] = {
+                        "levels": rate_levels(args, target, len(samples), label)
+                    }
             for setup, name in ours:
                 found = ratios(entry["series"][name], entry["series"][theirs])
                 entry["ratios"].update({f"{setup}: {k}": v for k, v in found.items()})
+            for name in [n for n in entry["series"] if n.endswith(" poisson")]:
+                rate = sustained(entry["series"][name]["levels"], args.p99_bound_ms)
+                entry["ratios"][
+                    f"{name.removesuffix(' poisson')}: highest Poisson rate (req/s) served with "
+                    f"p99 under {args.p99_bound_ms:g} ms"
+                ] = rate
     return 0
+
+
+def sustained(levels: list[dict[str, Any]], p99_bound_ms: float) -> float:
+    """The highest offered rate whose requests were all answered and whose p99 stayed under
+    the bound (0: none)."""
+    kept = [
+        level["request_rate"]
+        for level in levels
+        if level["p99_ms"] <= p99_bound_ms and level["throughput"] > 0
+    ]
+    return max(kept, default=0.0)
 
 
 def ratios(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, float]:

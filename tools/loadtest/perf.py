@@ -60,7 +60,7 @@ def command(
     model: str,
     endpoint: Endpoint,
     data_file: Path,
-    concurrency: int,
+    concurrency: float,
     settings: PerfSettings,
     csv_file: Path,
     export_file: Path,
