@@ -194,6 +194,8 @@ class ChatModel(ServedModel[ChatService]):
 
     metrics: GenerationMetrics
     load_engine = staticmethod(ChatService.load)
+    #: Rows the running execute() handed to the running batch (continuous batching).
+    submitted: int = 0
 
     def start_metrics(self) -> None:
         super().start_metrics()
@@ -276,8 +278,10 @@ class UnaryChatModel(ChatModel, UnaryModel[ChatService, tuple[ChatRow, RequestSi
         elif self.engine.scheduler is None:
             answered = super().execute(work)
         else:
-            self.started = time.perf_counter()
+            self.started, self.submitted = time.perf_counter(), 0
             answered = submit_batch(work, self.parse, self._submit, self.name, self.errors)
+            if self.submitted:
+                self.batch_rows.observe(self.submitted)
         answers = iter(answered)
         return [
             self._withdrawal(r) if control else next(answers)
@@ -293,6 +297,7 @@ class UnaryChatModel(ChatModel, UnaryModel[ChatService, tuple[ChatRow, RequestSi
 
     def _submit(self, request: Request, rows: list[tuple[ChatRow, RequestSink]]) -> None:
         reply = _Reply(self, request, len(rows), self.started)
+        self.submitted += len(rows)
         if rows:
             reply.forget = self.track(request, rows[0][1])
         for index, (row, sink) in enumerate(rows):
@@ -367,8 +372,10 @@ class StreamingChatModel(ChatModel, StreamingModel[ChatService, ChatRow]):
             return None
         if self.engine.scheduler is None:
             return super().execute(work)
-        self.started = time.perf_counter()
+        self.started, self.submitted = time.perf_counter(), 0
         submit_streams(work, self.parse, self._submit, self.name, self.errors)
+        if self.submitted:
+            self.batch_rows.observe(self.submitted)
         return None
 
     def _withdrawal(self, request: Request) -> None:
@@ -396,6 +403,7 @@ class StreamingChatModel(ChatModel, StreamingModel[ChatService, ChatRow]):
     def _submit(self, rows: list[ChatRow], stream: Stream) -> None:
         (row,) = rows
         started = self.started
+        self.submitted += 1
         sink = StreamSink(stream)
         forget = self.track(stream.request, sink)
 

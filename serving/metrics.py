@@ -72,7 +72,8 @@ CANCELLED = Spec(
 BATCH_ROWS = Spec(
     "multimodal_batch_rows",
     HISTOGRAM,
-    "Rows per engine call: the batching that really happened",
+    "Rows per engine call (continuous batching: per execute(), the rows handed to the running "
+    "batch; its steps are in multimodal_decode_step_rows_total)",
     buckets=ROW_BUCKETS,
 )
 LOAD_SECONDS = Spec(
