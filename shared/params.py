@@ -173,7 +173,7 @@ def load_params(
             "auto",
             choices=DTYPES,
             env_aliases=tuple(aliases.get("dtype", ())),
-            doc="compute dtype; auto: float32 on CPU (bfloat16 with int4), float16 on GPU",
+            doc="compute dtype; auto: bfloat16 on a CPU with native bf16 (avx512_bf16, AMX) or with int4, else float32; float16 on GPU",
         ),
         Param(
             "num_threads",

@@ -7,12 +7,22 @@ bitsandbytes' 4-bit weights (nf4): the same memory per weight through the CUDA k
 image ships, said in the load line. What the platform cannot do fails the load with the reason;
 there is no silent fallback to another setting, because an operator who asked for nf4 to fit a
 GPU must not get fp32.
+
+`dtype=auto`, the shipped setting, picks per machine the fastest compute dtype measured to keep
+quality (docs/benchmarks.md, "The fast default"): float16 on a GPU; on a CPU bfloat16 where the
+CPU has native bf16 instructions (`avx512_bf16` or `amx_bf16` in /proc/cpuinfo, read at load),
+float32 where it has not (bfloat16 would be emulated and slow); `int4` always computes in
+bfloat16 (its kernel's fast path). The load line says which and why:
+`dtype=bfloat16 (auto: avx512_bf16)`.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+from collections.abc import Collection
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from shared.errors import ModelLoadError
@@ -20,6 +30,38 @@ from shared.errors import ModelLoadError
 QUANTIZATIONS = ("none", "int8", "nf4", "fp4", "int4")
 BITSANDBYTES = ("int8", "nf4", "fp4")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+#: CPU flags (as /proc/cpuinfo names them) that mean native bfloat16 arithmetic, best first.
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+CPUINFO = Path("/proc/cpuinfo")
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The flags of this machine's CPU (the first `flags` line of /proc/cpuinfo); none where
+    the file is missing or has no such line (not Linux, or not x86)."""
+    try:
+        text = CPUINFO.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
+
+
+def auto_dtype(quantization: str, device: str, flags: Collection[str]) -> tuple[str, str]:
+    """What `dtype=auto` means for `quantization` on `device`, and why (for the load line)."""
+    if device != "cpu":
+        return "float16", "GPU"
+    if quantization == "int4":
+        # int4's kernel is fast for bfloat16 activations only (measured over 10x slower in
+        # float32), with or without native bf16.
+        return "bfloat16", "int4"
+    native = next((flag for flag in BF16_FLAGS if flag in flags), None)
+    if native:
+        return "bfloat16", native
+    return "float32", "no bf16 in the CPU flags"
 
 
 @dataclass(frozen=True)
@@ -30,11 +72,15 @@ class Placement:
     dtype: str  # resolved: float32 | float16 | bfloat16
     quantization: str  # none | int8 | nf4 | fp4 | int4
     asked: str = ""  # the quantization the settings named, when the device runs another
+    auto: str = ""  # why dtype=auto chose `dtype` (e.g. avx512_bf16); empty when it was set
 
     def describe(self) -> str:
         """What the load line says of the placement (and of a quantization the device maps)."""
         mapped = f" (asked {self.asked}: 4-bit weights on {self.device})" if self.asked else ""
-        return f"quantization={self.quantization}{mapped} dtype={self.dtype} device={self.device}"
+        why = f" (auto: {self.auto})" if self.auto else ""
+        return (
+            f"quantization={self.quantization}{mapped} dtype={self.dtype}{why} device={self.device}"
+        )
 
 
 def resolve_device(instance_kind: str, device_id: str | int) -> str:
@@ -58,8 +104,11 @@ def resolve_device(instance_kind: str, device_id: str | int) -> str:
     return f"cuda:{int(device_id)}" if cuda else "cpu"
 
 
-def resolve_placement(quantization: str, dtype: str, device: str) -> Placement:
-    """Check that the combination can run here and pick the compute dtype for `auto`."""
+def resolve_placement(
+    quantization: str, dtype: str, device: str, flags: Collection[str] | None = None
+) -> Placement:
+    """Check that the combination can run here and pick the compute dtype for `auto`
+    (`auto_dtype`, from `flags`: this CPU's, `cpu_flags()`, unless given)."""
     if quantization not in QUANTIZATIONS:
         raise ModelLoadError(f"quantization {quantization!r} is not one of {QUANTIZATIONS}")
     if dtype not in DTYPES:
@@ -70,9 +119,9 @@ def resolve_placement(quantization: str, dtype: str, device: str) -> Placement:
         # torch's int4 kernel is the CPU's; a GPU gets the same 4 bits per weight from
         # bitsandbytes, whose CUDA kernels the GPU image ships.
         asked, quantization = "int4", "nf4"
+    why = ""
     if dtype == "auto":
-        # int4's kernel is fast for bfloat16 activations only (measured over 10x slower in float32).
-        dtype = ("bfloat16" if quantization == "int4" else "float32") if on_cpu else "float16"
+        dtype, why = auto_dtype(quantization, device, cpu_flags() if flags is None else flags)
     if quantization in BITSANDBYTES and importlib.util.find_spec("bitsandbytes") is None:
         raise ModelLoadError(
             f"quantization {quantization!r} needs the bitsandbytes package, which is not installed"
@@ -82,7 +131,7 @@ def resolve_placement(quantization: str, dtype: str, device: str) -> Placement:
             "dtype float16 is not supported on the CPU (half-precision matmuls are slow or "
             "missing there); use float32 or bfloat16"
         )
-    return Placement(device=device, dtype=dtype, quantization=quantization, asked=asked)
+    return Placement(device=device, dtype=dtype, quantization=quantization, asked=asked, auto=why)
 
 
 def pretrained_kwargs(placement: Placement) -> dict[str, Any]:

@@ -139,13 +139,20 @@ def stt_server(
     tmp_path_factory: pytest.TempPathFactory, model_store: Path
 ) -> Iterator[LocalTritonServer]:
     """The stt model with its shipped config, limits lowered so the tests stay small."""
-    server = start_server(
-        tmp_path_factory,
-        ["stt"],
-        env={"STT_MAX_AUDIO_SECONDS": "120", "MODEL_STORE": str(model_store)},
-    )
+    server = start_stt(tmp_path_factory, model_store)
     yield server
     server.stop()
+
+
+def start_stt(
+    tmp_path_factory: pytest.TempPathFactory, model_store: Path, **env: str
+) -> LocalTritonServer:
+    """`stt_server`'s server, with further settings (`env`: variables) over it."""
+    return start_server(
+        tmp_path_factory,
+        ["stt"],
+        env={"STT_MAX_AUDIO_SECONDS": "120", "MODEL_STORE": str(model_store), **env},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +162,9 @@ def vlm_server(
     """vlm, vlm_stream and llm on tiny random checkpoints, set the way deployments set them.
 
     MODEL_PATH (the shared alias) points all three at the tiny SmolVLM; LLM_MODEL_PATH (the
-    model's own name, which wins) moves llm to the tiny Qwen2.5-VL.
+    model's own name, which wins) moves llm to the tiny Qwen2.5-VL. dtype=float32: the tests
+    hold a request batched or streamed to its tokens alone, which float32 keeps and bfloat16
+    (dtype=auto on a CPU with native bf16) does not.
     """
     server = start_server(
         tmp_path_factory,
@@ -168,6 +177,7 @@ def vlm_server(
             "MAX_HISTORY": "2",
             "VLM_MAX_IMAGE_PIXELS": "200000",
             "VLM_STREAM_MAX_NEW_TOKENS_LIMIT": "4000",
+            **{f"{model}_DTYPE": "float32" for model in ("VLM", "VLM_STREAM", "LLM")},
         },
     )
     yield server

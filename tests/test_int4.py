@@ -104,13 +104,15 @@ def test_int4_placement() -> None:
     the load line says so."""
     placement = resolve_placement("int4", "auto", "cpu")
     assert (placement.quantization, placement.dtype) == ("int4", "bfloat16")
+    assert resolve_placement("int4", "auto", "cpu", flags=()).dtype == "bfloat16"
     assert resolve_placement("int4", "float32", "cpu").dtype == "float32"
     assert "quantization_config" not in pretrained_kwargs(placement)
     assert "asked" not in placement.describe()
     gpu = resolve_placement("int4", "auto", "cuda:0")
     assert (gpu.quantization, gpu.dtype, gpu.device) == ("nf4", "float16", "cuda:0")
     assert gpu.describe() == (
-        "quantization=nf4 (asked int4: 4-bit weights on cuda:0) dtype=float16 device=cuda:0"
+        "quantization=nf4 (asked int4: 4-bit weights on cuda:0) dtype=float16 (auto: GPU) "
+        "device=cuda:0"
     )
     config = pretrained_kwargs(gpu)["quantization_config"]
     assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4"

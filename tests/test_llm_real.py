@@ -1,7 +1,8 @@
 """Real answers from the shipped chat models, through a real tritonserver.
 
-`vlm`, `vlm_stream` and `llm` run on their shipped defaults: the `smolvlm-256m-smollm2`
-checkpoint, whose text model is the real SmolLM2-135M-Instruct (its vision tower is random).
+`vlm`, `vlm_stream` and `llm` run on their shipped defaults but float32 (FLOAT32): the
+`smolvlm-256m-smollm2` checkpoint, whose text model is the real SmolLM2-135M-Instruct (its
+vision tower is random).
 A real language model makes chat behaviour checkable by its answers: facts come out right,
 a session remembers a name, stop strings and seeds do what a client expects, and batching
 or streaming changes no answer. Every expected word below was read from the model's greedy
@@ -49,15 +50,21 @@ INTRODUCTION = f"My cat's name is {NAME}."
 QUESTION = "What is my cat's name?"
 CONFIG = (ROOT / "model_repository" / "llm" / "config.pbtxt").read_text(encoding="utf-8")
 MAX_HISTORY = int(re.search(r'key: "max_history", value: { string_value: "(\d+)"', CONFIG)[1])
+#: The answers below and "batching or streaming changes no answer" are float32's: exact on a
+#: CPU. dtype=auto (bfloat16 on a CPU with native bf16) keeps the facts right but not every
+#: word, nor a batched row's tokens bit for bit (docs/benchmarks.md, "The fast default").
+FLOAT32 = {f"{model.upper()}_DTYPE": "float32" for model in ("vlm", "vlm_stream", "llm")}
 
 
 @pytest.fixture(scope="module")
 def server(
     tmp_path_factory: pytest.TempPathFactory, model_store: Path
 ) -> Iterator[LocalTritonServer]:
-    """vlm, vlm_stream and llm with their shipped config.pbtxt: nothing overridden."""
+    """vlm, vlm_stream and llm with their shipped config.pbtxt but dtype=float32 (FLOAT32)."""
     running = start_server(
-        tmp_path_factory, ["vlm", "vlm_stream", "llm"], env={"MODEL_STORE": str(model_store)}
+        tmp_path_factory,
+        ["vlm", "vlm_stream", "llm"],
+        env={"MODEL_STORE": str(model_store), **FLOAT32},
     )
     yield running
     running.stop()

@@ -35,9 +35,13 @@ CHECKPOINTS = [
 
 
 def make_service(model_store: Path, name: str, quantization: str = "none", **settings: Any):
+    """dtype=float32 unless `settings` say otherwise: these tests hold float32's exactness
+    (a row batched with others gets the tokens it gets alone), which bfloat16, what
+    dtype=auto means on a CPU with native bf16, does not keep."""
+    settings = {"dtype": "float32", **settings}
     config = {"parameters": {k: {"string_value": str(v)} for k, v in settings.items()}}
     resolved = resolve(chat_params(name, images=True), config, "vlm", {})
-    placement = resolve_placement(quantization, "auto", "cpu")
+    placement = resolve_placement(quantization, resolved["dtype"], "cpu")
     engine = VlmEngine.load(LoadPlan(resolved, placement, model_store / name))
     return ChatService(engine, resolved)
 
