@@ -185,10 +185,11 @@ def toy_checkpoint(toy_gguf: tuple, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def serving_load(checkpoint: Path) -> tuple:
-    """Load as the serving code does: store-confined loader, safetensors, no remote code."""
+    """Load as the serving code does: store-confined loader, safetensors, no remote code; in
+    float32, which the exact comparisons with the GGUF's own llama need."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    placement = resolve_placement("none", "auto", "cpu")
+    placement = resolve_placement("none", "float32", "cpu")
     loaded = load_pretrained(AutoModelForImageTextToText, AutoProcessor, checkpoint, placement)
     return loaded.processor, loaded.model
 
