@@ -680,3 +680,39 @@ def test_files_run_by_other_interpreters_import_nothing_of_the_project(path: str
             assert node.level == 0, f"{path}: a relative import"
             imported.add((node.module or "").split(".")[0])
     assert not imported & {"tools", "tests", "shared", "backends", "serving", "scripts"}
+
+
+def test_fast_default_verdicts_hold_the_quality_bounds() -> None:
+    """fast-default's verdicts: speech keeps quality within 0.01 of the reference's WER with
+    most transcripts identical; chat keeps it when every factual prompt is still right."""
+    from tools.loadtest.fast_default import compare
+
+    def stt(wer: float, texts: list[str], per_s: float) -> dict:
+        return {"batches": {1: {"clips_per_s": per_s, "wer": wer, "texts": texts}}}
+
+    def llm(answer: str) -> dict:
+        fact = {"alone": answer, "batched": answer, "right": "Paris" in answer}
+        return {"facts": [fact], "batches": {1: {"requests_per_s": 2.0, "texts": [answer]}}}
+
+    results = {
+        "models": {
+            "stt": {
+                "none float32": stt(0.10, ["a b", "c d"], 1.0),
+                "none auto": stt(0.105, ["a b", "c e"], 1.5),
+                "int4 auto": stt(0.12, ["a b", "c d"], 2.0),
+            },
+            "llm": {
+                "none float32": llm("Paris."),
+                "none auto": llm("Paris!"),
+                "int4 auto": llm("Rome."),
+            },
+        }
+    }
+    verdicts = compare(results, ["none float32", "none auto", "int4 auto"])
+    assert verdicts["stt none auto"]["keeps_quality"]
+    assert verdicts["stt none auto"]["batch 1: speed"] == 1.5
+    assert verdicts["stt none auto"]["batch 1: identical"]["identical"] == 1
+    assert not verdicts["stt int4 auto"]["keeps_quality"]  # WER 0.02 above the reference's
+    assert verdicts["llm none auto"]["keeps_quality"]
+    assert verdicts["llm none auto"]["facts_identical"]["identical"] == 0
+    assert not verdicts["llm int4 auto"]["keeps_quality"]
