@@ -82,7 +82,12 @@ class ChatService:
                 f"setting 'max_batch_tokens' is {tokens}; one request may need the model's "
                 f"whole context of {self.engine.context_length} tokens"
             )
-        limits = BatchLimits(settings["max_batch_rows"], tokens, settings["max_prefill_tokens"])
+        limits = BatchLimits(
+            settings["max_batch_rows"],
+            tokens,
+            settings["max_prefill_tokens"],
+            settings["admit_wait_ms"] / 1000,
+        )
         return Scheduler(self.engine, limits)
 
     @classmethod

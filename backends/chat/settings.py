@@ -69,6 +69,15 @@ def chat_params(default_model_path: str, *, images: bool) -> list[Param]:
             "prompt with images passes whole)",
         ),
         Param(
+            "admit_wait_ms",
+            50.0,
+            parse=float,
+            minimum=0.0,
+            doc="continuous batching: while rows decode, arrivals are admitted together once "
+            "a quarter as many as are running wait, or the oldest has waited this long (fewer, "
+            "larger prompt passes)",
+        ),
+        Param(
             "max_new_tokens",
             256,
             parse=int,
