@@ -15,7 +15,7 @@ from typing import Any
 
 from backends.chat.engine import EngineRow, VlmEngine
 from backends.chat.sampling import MAX_PENALTY, MIN_PENALTY, DecodeTotals, RowSink, Sampling
-from backends.chat.scheduler import BatchLimits, Job, Scheduler
+from backends.chat.scheduler import BatchLimits, Job, Scheduler, StaticOnly
 from shared.chat import (
     MAX_STOP_CHARS,
     MAX_STOP_STRINGS,
@@ -48,7 +48,14 @@ class ChatRow:
 class ChatService:
     """Settings, sessions and the engine of one chat model instance."""
 
-    def __init__(self, engine: VlmEngine, settings: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        engine: VlmEngine,
+        settings: Mapping[str, Any],
+        scheduler: Scheduler | None = None,
+    ) -> None:
+        """`scheduler`: the running batch that loaded `engine` (`load`); without one, one is
+        made here when the settings ask for continuous batching and the engine can."""
         self.engine = engine
         self.settings = dict(settings)
         self.limits = ImageLimits(
@@ -68,32 +75,33 @@ class ChatService:
             max_bytes=settings["session_max_bytes"],
             idle_seconds=settings["session_idle_seconds"],
         )
-        self.scheduler = self._scheduler()
-
-    def _scheduler(self) -> Scheduler | None:
-        """The running batch of continuous batching; None: static batches (asked for, or the
-        model decodes with generate(), which runs a batch to its end)."""
-        settings = self.settings
-        if settings.get("batching", "static") == "static" or self.engine.fused is None:
-            return None
-        tokens = settings["max_batch_tokens"]
-        if tokens < self.engine.context_length:
+        if scheduler is None and _continuous(settings) and engine.fused is not None:
+            scheduler = Scheduler(lambda: engine, _limits(settings))
+        self.scheduler = scheduler
+        if scheduler is not None and settings["max_batch_tokens"] < engine.context_length:
+            self.close()
             raise ModelLoadError(
-                f"setting 'max_batch_tokens' is {tokens}; one request may need the model's "
-                f"whole context of {self.engine.context_length} tokens"
+                f"setting 'max_batch_tokens' is {settings['max_batch_tokens']}; one request "
+                f"may need the model's whole context of {engine.context_length} tokens"
             )
-        limits = BatchLimits(
-            settings["max_batch_rows"],
-            tokens,
-            settings["max_prefill_tokens"],
-            settings["admit_wait_ms"] / 1000,
-        )
-        return Scheduler(self.engine, limits)
 
     @classmethod
     def load(cls, plan: LoadPlan) -> ChatService:
-        """The engine of `plan`'s checkpoint, with the plan's settings."""
-        return cls(VlmEngine.load(plan), plan.settings)
+        """The engine of `plan`'s checkpoint, with the plan's settings. Under continuous
+        batching the engine loads on the scheduler's thread, where all its torch work runs,
+        and this thread keeps one torch thread for its own small work (encoding requests):
+        see `backends.chat.scheduler` for why. A model that decodes with `generate()` gets
+        static batches."""
+        if not _continuous(plan.settings):
+            return cls(VlmEngine.load(plan), plan.settings)
+        try:
+            scheduler = Scheduler(lambda: VlmEngine.load(plan), _limits(plan.settings))
+        except StaticOnly as static:
+            return cls(static.engine, plan.settings)
+        import torch
+
+        torch.set_num_threads(1)
+        return cls(scheduler.engine, plan.settings, scheduler)
 
     def describe(self) -> str:
         return f"{self.engine.describe()} batching={'continuous' if self.scheduler else 'static'}"
@@ -246,6 +254,19 @@ class ChatService:
             return
         turn = (*row.turn, text_message("assistant", completion.text))
         self.sessions.append(row.session_id, turn, sum(m.size_bytes() for m in turn))
+
+
+def _continuous(settings: Mapping[str, Any]) -> bool:
+    return settings.get("batching", "static") == "continuous"
+
+
+def _limits(settings: Mapping[str, Any]) -> BatchLimits:
+    return BatchLimits(
+        settings["max_batch_rows"],
+        settings["max_batch_tokens"],
+        settings["max_prefill_tokens"],
+        settings["admit_wait_ms"] / 1000,
+    )
 
 
 def _given(value: Any, default: Any) -> Any:
