@@ -62,37 +62,49 @@ def generator_levels(
     settings = settings_from(args)
     if args.warmup:
         loadgen.run_level(make_target, samples, 1, args.warmup)
-    levels = []
-    for concurrency in args.concurrency:
-        count = settings.request_count(concurrency) or max(args.samples, 3 * concurrency)
-        progress(f"{label}: concurrency {concurrency}, {count} requests")
-        with CpuProbe() as probe:
-            level = loadgen.run_level(make_target, samples, concurrency, count)
-        level["interference"] = probe.record()
-        progress(
-            f"{label}: concurrency {concurrency}: {level['throughput']:.2f}/s, "
-            f"p50 {level['p50_ms']:.0f} ms, p99 {level['p99_ms']:.0f} ms"
+    return [
+        _measured(
+            make_target,
+            samples,
+            concurrency,
+            settings.request_count(concurrency) or max(args.samples, 3 * concurrency),
+            None,
+            f"{label}: concurrency {concurrency}",
         )
-        levels.append(level)
-    return levels
+        for concurrency in args.concurrency
+    ]
 
 
 def rate_levels(
     args: argparse.Namespace, make_target: Callable[[int], Any], samples: int, label: str
 ) -> list[dict[str, Any]]:
     """The load generator at every Poisson arrival rate of `--rates` (`--rate-requests` each)."""
-    levels = []
-    for rate in args.rates:
-        progress(f"{label}: Poisson arrivals at {rate:g}/s, {args.rate_requests} requests")
-        with CpuProbe() as probe:
-            level = loadgen.run_level(make_target, samples, 1, args.rate_requests, rate=rate)
-        level["interference"] = probe.record()
-        progress(
-            f"{label}: {rate:g}/s offered: {level['throughput']:.2f}/s served, "
-            f"p50 {level['p50_ms']:.0f} ms, p99 {level['p99_ms']:.0f} ms"
+    return [
+        _measured(
+            make_target, samples, 1, args.rate_requests, rate, f"{label}: Poisson at {rate:g}/s"
         )
-        levels.append(level)
-    return levels
+        for rate in args.rates
+    ]
+
+
+def _measured(
+    make_target: Callable[[int], Any],
+    samples: int,
+    concurrency: int,
+    count: int,
+    rate: float | None,
+    label: str,
+) -> dict[str, Any]:
+    """One level of the load generator, with the CPU others took meanwhile, and its progress."""
+    progress(f"{label}, {count} requests")
+    with CpuProbe() as probe:
+        level = loadgen.run_level(make_target, samples, concurrency, count, rate=rate)
+    level["interference"] = probe.record()
+    progress(
+        f"{label}: {level['throughput']:.2f}/s served, "
+        f"p50 {level['p50_ms']:.0f} ms, p99 {level['p99_ms']:.0f} ms"
+    )
+    return level
 
 
 def triton_generator_levels(
