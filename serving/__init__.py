@@ -10,6 +10,8 @@ tested and benchmarked in-process. `tests/test_layers.py` holds the rule.
 - `tensors`: request inputs to Python values, Python values to output tensors;
 - `errors`: per-request errors as Triton errors, and their Prometheus counter;
 - `metrics`: every Prometheus metric the models export, defined once;
-- `chat`, `tts`: what the chat and the TTS models share on the Triton side;
+- `chat`: the chat engine model (`vlm_stream`); `chat_front`: the unary fronts over it (`vlm`,
+  `llm`, no weights of their own); `chat_protocol`: what the two agree on;
+- `tts`: what the TTS models share on the Triton side; `voice`: `voice_chat`'s stages;
 - `protocols`: the shapes of the pb_utils objects this package passes around.
 """

@@ -1,8 +1,9 @@
-"""The Triton side of the chat models (`vlm`, `vlm_stream`, `llm`): tensors in and out.
+"""The Triton side of the chat engine model (`vlm_stream`): tensors in and out.
 
-It reads a request into one `ChatRequest` per row, turns completions into output tensors,
-adapts requests and streams to the engine's `RowSink`, records the generation metrics, and is the
-whole model of the unary chat models (`UnaryChatModel`), which differ only in their settings.
+It reads a request into one `ChatRequest` per row, adapts streams to the engine's `RowSink`,
+records the generation metrics, and is the whole model of `vlm_stream`, which holds the
+weights, the running batch and the sessions for itself and for the unary fronts `vlm` and
+`llm` (`serving.chat_front`).
 
 Inputs with a variable count per row (`images`, `stop`) have dims [-1]: a request of R rows
 carries an [R, N] tensor, so rows of one request carry the same N; an empty element is
@@ -11,7 +12,6 @@ padding and is skipped, which lets rows carry fewer.
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
 from collections import Counter
@@ -24,18 +24,13 @@ import triton_python_backend_utils as pb_utils
 from backends.chat.sampling import DecodeTotals
 from backends.chat.service import ChatRow, ChatService
 from serving import metrics, tensors
-from serving.adapters import ServedModel, StreamingModel, UnaryModel
-from serving.batch import engine_error, submit_batch
-from serving.errors import cancelled_response, error_response
-from serving.protocols import Request, Response
+from serving.adapters import StreamingModel
+from serving.batch import engine_error
+from serving.chat_protocol import CANCEL_ID_CHARS, CANCEL_INPUT, completion_tensors
+from serving.protocols import Request
 from serving.streaming import Stream, submit_streams
 from shared.chat import FINISH_REASONS, MAX_STOP_CHARS, ChatRequest, Completion
 from shared.errors import ErrorCode, RequestError, invalid
-
-#: The input of a request that cancels another by its id (`ChatModel.withdraw`).
-CANCEL_INPUT = "cancel_id"
-#: The shortest request id that can be cancelled that way: a random token, not a guess.
-CANCEL_ID_CHARS = 32
 
 
 def read_chat_requests(request: Request, settings: Mapping[str, Any]) -> list[ChatRequest]:
@@ -63,6 +58,7 @@ def read_chat_requests(request: Request, settings: Mapping[str, Any]) -> list[Ch
     penalty = numbers("repetition_penalty", float)
     seed = numbers("seed", int)
     reset = numbers("reset_session", bool)
+    text_only = numbers("text_only", bool)
     sessions: Sequence[str | None] = (
         tensors.text_column(request, "session_id", rows, max_chars=256) or [None] * rows
     )
@@ -79,37 +75,10 @@ def read_chat_requests(request: Request, settings: Mapping[str, Any]) -> list[Ch
             stop=tuple(tensors.utf8("stop", s) for s in stops[i]),
             session_id=sessions[i],
             reset_session=bool(reset[i]),
+            text_only=bool(text_only[i]),
         )
         for i in range(rows)
     ]
-
-
-def completion_tensors(completions: Sequence[Completion]) -> list[Any]:
-    """The outputs of a request: one row per completion."""
-    return [
-        tensors.bytes_tensor("text", [c.text for c in completions]),
-        tensors.bytes_tensor("finish_reason", [c.finish_reason for c in completions]),
-        tensors.int_tensor("prompt_tokens", [c.prompt_tokens for c in completions]),
-        tensors.int_tensor("completion_tokens", [c.completion_tokens for c in completions]),
-    ]
-
-
-class RequestSink:
-    """A unary request as a row sink: nothing is streamed, but a client that left stops it
-    (or a `cancel_id` request naming it: `withdraw`)."""
-
-    def __init__(self, request: Request) -> None:
-        self._request = request
-        self.withdrawn = False
-
-    def withdraw(self) -> None:
-        self.withdrawn = True
-
-    def cancelled(self) -> bool:
-        return self.withdrawn or bool(self._request.is_cancelled())
-
-    def send(self, piece: str) -> None:
-        """Unary responses carry the whole text at the end."""
 
 
 class StreamSink:
@@ -188,9 +157,12 @@ class GenerationMetrics:
         self._session_bytes.set(service.sessions.size_bytes)
 
 
-class ChatModel(ServedModel[ChatService]):
-    """What the three chat models share: the chat service, metrics of what it generates, and
-    cancellation by request id (`withdraw`)."""
+class StreamingChatModel(StreamingModel[ChatService, ChatRow]):
+    """The chat engine model (`vlm_stream`): the weights, the running batch and the sessions,
+    for its own streaming clients and for the unary fronts `vlm` and `llm`
+    (`serving.chat_front`). One response per new piece of text, then a final one with the
+    summary. Continuous batching: execute() submits each stream to the running batch and
+    returns; static: all requests of one execute() stream from one generation."""
 
     metrics: GenerationMetrics
     load_engine = staticmethod(ChatService.load)
@@ -200,19 +172,90 @@ class ChatModel(ServedModel[ChatService]):
     def start_metrics(self) -> None:
         super().start_metrics()
         self.metrics = GenerationMetrics(self.name, self.instance)
-        self._live: dict[str, list[RequestSink | StreamSink]] = {}
+        self._live: dict[str, list[StreamSink]] = {}
         self._live_lock = threading.Lock()
+
+    def execute(self, requests: list[Request]) -> None:
+        for request in requests:
+            if self.is_control(request):
+                self._withdrawal(request)
+        work = [r for r in requests if not self.is_control(r)]
+        if not work:
+            return None
+        if self.engine.scheduler is None:
+            return super().execute(work)
+        self.started, self.submitted = time.perf_counter(), 0
+        submit_streams(work, self.parse, self._submit, self.name, self.errors)
+        if self.submitted:
+            self.batch_rows.observe(self.submitted)
+        return None
+
+    def finalize(self) -> None:
+        """Unloading: requests still waiting or generating are answered UNAVAILABLE."""
+        self.engine.close()
+
+    def parse(self, request: Request) -> list[ChatRow]:
+        chats = read_chat_requests(request, self.settings)
+        if len(chats) != 1:
+            raise invalid(
+                f"input 'prompt' has {len(chats)} rows; a streaming request carries one prompt"
+            )
+        return [self.engine.prepare(chats[0])]
+
+    def run(self, rows: list[ChatRow], streams: list[Stream]) -> None:
+        """Static batching: one generation for the rows of one execute()."""
+        sinks = [StreamSink(s) for s in streams]
+        forgets = [self.track(s.request, sink) for s, sink in zip(streams, sinks, strict=True)]
+        try:
+            completions = self.engine.run(rows, sinks)
+        finally:
+            for forget in forgets:
+                forget()
+        self.record(completions, self.started)
+        for stream, completion in zip(streams, completions, strict=True):
+            stream.finish(_summary(completion))
+
+    def _submit(self, rows: list[ChatRow], stream: Stream) -> None:
+        """Continuous batching: the row joins the running batch; it finishes the stream."""
+        (row,) = rows
+        started = self.started
+        self.submitted += 1
+        sink = StreamSink(stream)
+        forget = self.track(stream.request, sink)
+
+        def done(completion: Completion) -> None:
+            forget()
+            self.record([completion], started)
+            stream.finish(_summary(completion))
+
+        def failed(exc: Exception) -> None:
+            forget()
+            stream.fail(engine_error(self.name, exc))
+
+        self.engine.submit(row, sink, done, failed)
+
+    def record(self, completions: Sequence[Completion], started: float) -> None:
+        """Metrics of finished rows; `started`: their execute()'s start."""
+        self.metrics.record(completions, self.engine, started)
 
     # --- cancellation by request id ----------------------------------------------------------
     # A BLS caller cannot cancel its call on tritonserver 2.51 (ResponseIterator.cancel() came
-    # later), so `voice_chat` cancels a chat stream it no longer needs with a second request
-    # whose `cancel_id` input names the first one's request id. Only ids of CANCEL_ID_CHARS or
-    # more (a random token, as voice_chat's) are cancellable, so that a guessed id cannot stop
-    # another client's request. It acts under continuous batching, where execute() returns at
-    # once; under static batching it is answered after the running batch.
+    # later), so the fronts and `voice_chat` cancel a call they no longer need with a second
+    # request whose `cancel_id` input names the first one's request id. Only ids of
+    # CANCEL_ID_CHARS or more (a random token) are cancellable, so that a guessed id cannot
+    # stop another client's request. It acts at once under continuous batching, where
+    # execute() returns at once; under static batching it is answered after the running batch.
 
     def is_control(self, request: Request) -> bool:
         return tensors.has_input(request, CANCEL_INPUT)
+
+    def _withdrawal(self, request: Request) -> None:
+        stream = Stream(request, self.errors)
+        error = self.withdraw(request)
+        if error is not None:
+            stream.fail(error)
+        else:
+            stream.finish(_summary(Completion("", "cancelled", 0, 0)))
 
     def withdraw(self, request: Request) -> RequestError | None:
         """Cancel the live request `request`'s `cancel_id` names; the error if it names none."""
@@ -231,7 +274,7 @@ class ChatModel(ServedModel[ChatService]):
             )
         return None
 
-    def track(self, request: Request, sink: RequestSink | StreamSink) -> Callable[[], None]:
+    def track(self, request: Request, sink: StreamSink) -> Callable[[], None]:
         """Make `request` cancellable by its id while it runs; the call that forgets it."""
         key = str(request.request_id())
         if len(key) < CANCEL_ID_CHARS:
@@ -248,175 +291,6 @@ class ChatModel(ServedModel[ChatService]):
                     self._live.pop(key, None)
 
         return forget
-
-    def record(self, completions: Sequence[Completion], started: float | None = None) -> None:
-        """Metrics of finished rows; `started`: their execute()'s start (default: this one)."""
-        self.metrics.record(completions, self.engine, self.started if started is None else started)
-
-    def chat_requests(self, request: Request) -> list[ChatRequest]:
-        return read_chat_requests(request, self.settings)
-
-    def finalize(self) -> None:
-        """Unloading: requests still waiting or generating are answered UNAVAILABLE."""
-        self.engine.close()
-
-
-class UnaryChatModel(ChatModel, UnaryModel[ChatService, tuple[ChatRow, RequestSink], Completion]):
-    """The whole model of `vlm` and `llm`, which differ only in their settings (`params`).
-
-    Continuous batching (setting `batching`): execute() parses and submits each request to
-    the running batch and returns; the request is answered through its response sender when
-    its rows finish. Static: one batched generation per execute(). Either way each request
-    has its own sampling options, and a request whose client left stops generating at the
-    next token and is answered CANCELLED."""
-
-    def execute(self, requests: list[Request]) -> list[Response | None]:
-        controls = [self.is_control(r) for r in requests]
-        work = [r for r, control in zip(requests, controls, strict=True) if not control]
-        if not work:
-            answered: list[Response | None] = []
-        elif self.engine.scheduler is None:
-            answered = super().execute(work)
-        else:
-            self.started, self.submitted = time.perf_counter(), 0
-            answered = submit_batch(work, self.parse, self._submit, self.name, self.errors)
-            if self.submitted:
-                self.batch_rows.observe(self.submitted)
-        answers = iter(answered)
-        return [
-            self._withdrawal(r) if control else next(answers)
-            for r, control in zip(requests, controls, strict=True)
-        ]
-
-    def _withdrawal(self, request: Request) -> Response:
-        error = self.withdraw(request)
-        if error is not None:
-            self.errors.count(error.code.value)
-            return error_response(error)
-        return tensors.response(*completion_tensors([Completion("", "cancelled", 0, 0)]))
-
-    def _submit(self, request: Request, rows: list[tuple[ChatRow, RequestSink]]) -> None:
-        reply = _Reply(self, request, len(rows), self.started)
-        self.submitted += len(rows)
-        if rows:
-            reply.forget = self.track(request, rows[0][1])
-        for index, (row, sink) in enumerate(rows):
-            self.engine.submit(row, sink, functools.partial(reply.done, index), reply.failed)
-
-    def parse(self, request: Request) -> list[tuple[ChatRow, RequestSink]]:
-        sink = RequestSink(request)
-        return [(self.engine.prepare(chat), sink) for chat in self.chat_requests(request)]
-
-    def run(self, rows: list[tuple[ChatRow, RequestSink]]) -> list[Completion]:
-        completions = self.engine.run([row for row, _ in rows], [sink for _, sink in rows])
-        self.record(completions)
-        return completions
-
-    def respond(self, request: Request, completions: list[Completion]) -> Response:
-        if any(c.finish_reason == "cancelled" for c in completions):
-            return cancelled_response()
-        return tensors.response(*completion_tensors(completions))
-
-
-class _Reply:
-    """A unary request under continuous batching: its rows finish one by one, on the
-    scheduler's thread; the one response goes out when the last has (or at the first error)."""
-
-    def __init__(self, model: UnaryChatModel, request: Request, rows: int, started: float) -> None:
-        self._model, self._request, self._started = model, request, started
-        self._results: list[Completion | None] = [None] * rows
-        self._lock = threading.Lock()
-        self._sent = False
-        self.forget: Callable[[], None] = lambda: None  # ChatModel.track's
-
-    def done(self, index: int, completion: Completion) -> None:
-        with self._lock:
-            self._results[index] = completion
-            results = [c for c in self._results if c is not None]
-            if self._sent or len(results) < len(self._results):
-                return
-            self._sent = True
-        model = self._model
-        model.record(results, self._started)
-        try:
-            response = model.respond(self._request, results)
-        except Exception as exc:
-            response = error_response(engine_error(model.name, exc))
-        self._send(response)
-
-    def failed(self, exc: Exception) -> None:
-        with self._lock:
-            if self._sent:
-                return
-            self._sent = True
-        self._send(error_response(engine_error(self._model.name, exc)))
-
-    def _send(self, response: Response) -> None:
-        self.forget()
-        self._model.errors.count_errors([response])
-        sender = self._request.get_response_sender()
-        sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-
-
-class StreamingChatModel(ChatModel, StreamingModel[ChatService, ChatRow]):
-    """The whole model of `vlm_stream`: one response per new piece of text, then a final one
-    with the summary. Continuous batching: execute() submits each stream to the running
-    batch and returns; static: all requests of one execute() stream from one generation."""
-
-    def execute(self, requests: list[Request]) -> None:
-        for request in requests:
-            if self.is_control(request):
-                self._withdrawal(request)
-        work = [r for r in requests if not self.is_control(r)]
-        if not work:
-            return None
-        if self.engine.scheduler is None:
-            return super().execute(work)
-        self.started, self.submitted = time.perf_counter(), 0
-        submit_streams(work, self.parse, self._submit, self.name, self.errors)
-        if self.submitted:
-            self.batch_rows.observe(self.submitted)
-        return None
-
-    def _withdrawal(self, request: Request) -> None:
-        stream = Stream(request, self.errors)
-        error = self.withdraw(request)
-        if error is not None:
-            stream.fail(error)
-        else:
-            stream.finish(_summary(Completion("", "cancelled", 0, 0)))
-
-    def parse(self, request: Request) -> list[ChatRow]:
-        chats = self.chat_requests(request)
-        if len(chats) != 1:
-            raise invalid(
-                f"input 'prompt' has {len(chats)} rows; a streaming request carries one prompt"
-            )
-        return [self.engine.prepare(chats[0])]
-
-    def run(self, rows: list[ChatRow], streams: list[Stream]) -> None:
-        completions = self.engine.run(rows, [StreamSink(s) for s in streams])
-        self.record(completions)
-        for stream, completion in zip(streams, completions, strict=True):
-            stream.finish(_summary(completion))
-
-    def _submit(self, rows: list[ChatRow], stream: Stream) -> None:
-        (row,) = rows
-        started = self.started
-        self.submitted += 1
-        sink = StreamSink(stream)
-        forget = self.track(stream.request, sink)
-
-        def done(completion: Completion) -> None:
-            forget()
-            self.record([completion], started)
-            stream.finish(_summary(completion))
-
-        def failed(exc: Exception) -> None:
-            forget()
-            stream.fail(engine_error(self.name, exc))
-
-        self.engine.submit(row, sink, done, failed)
 
 
 def _summary(completion: Completion) -> list[Any]:

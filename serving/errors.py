@@ -16,7 +16,13 @@ import triton_python_backend_utils as pb_utils
 
 from serving import metrics
 from serving.protocols import Response
-from shared.errors import ErrorCode, RequestError
+from shared.errors import (
+    CANCELLED_MESSAGE,
+    UNLOADING_MESSAGE,
+    ErrorCode,
+    RequestError,
+    cancelled,
+)
 
 
 def triton_error(error: RequestError) -> Any:
@@ -30,7 +36,7 @@ def error_response(error: RequestError) -> Any:
 
 def cancelled_response() -> Any:
     """The answer to a request whose client cancelled before it ran."""
-    return error_response(RequestError("the request was cancelled", ErrorCode.CANCELLED))
+    return error_response(cancelled())
 
 
 class ErrorCounter:
@@ -80,6 +86,27 @@ class SplitCounter:
 
     def count(self) -> None:
         self._family.increment(1)
+
+
+def code_of_message(message: str) -> ErrorCode:
+    """The code of an error that came back from a BLS call as a message alone.
+
+    Tritonserver 2.51's BLS keeps a callee's message and makes its code INTERNAL. The models
+    of this package start every message that blames the client with the input at fault
+    ("input 'prompt' ..."): such a message is INVALID_ARG; a cancelled request keeps its code;
+    a model that is unloading, not ready or not loaded is UNAVAILABLE; anything else INTERNAL.
+    """
+    if message.startswith("input '"):
+        return ErrorCode.INVALID_ARG
+    if message == CANCELLED_MESSAGE:
+        return ErrorCode.CANCELLED
+    if (
+        message == UNLOADING_MESSAGE
+        or message.endswith("is not ready.")
+        or message.startswith("Request for unknown model")
+    ):
+        return ErrorCode.UNAVAILABLE
+    return ErrorCode.INTERNAL
 
 
 def log_exception(model_name: str, stage: str, exc: Exception) -> None:

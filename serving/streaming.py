@@ -33,7 +33,7 @@ from serving.errors import (
     log_exception,
 )
 from serving.protocols import Request
-from shared.errors import ErrorCode, RequestError
+from shared.errors import RequestError, cancelled
 
 Row = TypeVar("Row")
 
@@ -154,7 +154,7 @@ def _parse_each(
     parsed: list[tuple[Stream, list[Row]]] = []
     for request, stream in zip(requests, streams, strict=True):
         if request.is_cancelled():
-            stream.fail(RequestError("the request was cancelled", ErrorCode.CANCELLED))
+            stream.fail(cancelled())
             continue
         try:
             parsed.append((stream, parse(request)))

@@ -7,10 +7,10 @@ model such as `llm` as a stream of one response) and `tts` once per sentence, ea
 `async_exec`, so the sentences' speech overlaps the chat model's generation.
 
 What tritonserver 2.51's BLS does not give, and what is done instead:
-- a callee's error code: its message arrives, its code is always INTERNAL. The models of
-  this package name the input at fault ("input 'audio' ..."), so such a message is the
-  client's fault (INVALID_ARG, under the same input names `voice_chat` takes), a model that
-  is not ready is UNAVAILABLE, anything else INTERNAL; the message names the stage's model;
+- a callee's error code: its message arrives, its code is always INTERNAL. The code is read
+  back from the message (`serving.errors.code_of_message`: the models of this package name
+  the input at fault, under the same input names `voice_chat` takes); the message names the
+  stage's model;
 - cancelling a BLS stream (ResponseIterator.cancel() came in a later python_backend): the
   chat call carries a random request id, and when the client cancels, a second call with
   `cancel_id` naming it stops the generation (the chat models' `cancel_id` input); no more
@@ -32,10 +32,10 @@ import triton_python_backend_utils as pb_utils
 
 from backends.voice.pipeline import ChatPiece, StageError, converse
 from serving import tensors
-from serving.errors import ErrorCounter, internal_error, log_exception
+from serving.errors import ErrorCounter, code_of_message, internal_error, log_exception
 from serving.protocols import Request
 from serving.streaming import Stream
-from shared.errors import ErrorCode, RequestError, invalid
+from shared.errors import RequestError, cancelled, invalid
 from shared.params import Param, resolve
 
 PARAMS = [
@@ -107,13 +107,7 @@ def parse(request: Request, settings: Mapping[str, Any]) -> Turn:
 def stage_error(stage: str, response: Any) -> StageError:
     """A stage's error response as this request's error (see the module docstring)."""
     message = str(response.error().message())
-    if message.startswith("input '"):
-        code = ErrorCode.INVALID_ARG
-    elif message.endswith("is not ready."):
-        code = ErrorCode.UNAVAILABLE
-    else:
-        code = ErrorCode.INTERNAL
-    return StageError(stage, message, code)
+    return StageError(stage, message, code_of_message(message))
 
 
 def _bytes(value: str | bytes) -> np.ndarray:
@@ -253,7 +247,7 @@ class VoiceChatModel:
         stream = Stream(request, self.errors)
         try:
             if request.is_cancelled():
-                raise RequestError("the request was cancelled", ErrorCode.CANCELLED)
+                raise cancelled()
             turn = parse(request, self.settings)
             finish_reason = await converse(
                 BlsStages(turn, self.settings),

@@ -69,6 +69,8 @@ class ChatRequest:
     stop: tuple[str, ...] = ()
     session_id: str | None = None
     reset_session: bool = False
+    #: Refuse images, whatever the model's max_images (the caller reads text only: `llm`).
+    text_only: bool = False
 
 
 FINISH_REASONS = ("stop", "length", "cancelled")
@@ -274,10 +276,12 @@ def _count_placeholders(message: Any) -> int:
 
 def _too_many(count: int, limits: ImageLimits) -> Exception:
     if limits.max_images == 0:
-        return invalid("this model reads text only; the request carries images")
+        return invalid(
+            "input 'prompt' carries images (or input 'images'); this model reads text only"
+        )
     return invalid(
-        f"the request carries {count} images (input 'images' and image parts of input "
-        f"'prompt'); the limit is {limits.max_images} (max_images)"
+        f"input 'images' (with the image parts of input 'prompt') carries {count} images; "
+        f"the limit is {limits.max_images} (max_images)"
     )
 
 

@@ -34,6 +34,17 @@ class RequestError(Exception):
         return str(self)
 
 
+#: Messages a model that called another one over BLS reads back as codes
+#: (`serving.errors.code_of_message`).
+CANCELLED_MESSAGE = "the request was cancelled"
+UNLOADING_MESSAGE = "the model is unloading"
+
+
+def cancelled() -> RequestError:
+    """The error of a request whose client cancelled it."""
+    return RequestError(CANCELLED_MESSAGE, ErrorCode.CANCELLED)
+
+
 def invalid(message: str) -> RequestError:
     """Shorthand for the common case: the client's input is wrong."""
     return RequestError(message, ErrorCode.INVALID_ARG)

@@ -159,12 +159,11 @@ def start_stt(
 def vlm_server(
     tmp_path_factory: pytest.TempPathFactory, model_store: Path
 ) -> Iterator[LocalTritonServer]:
-    """vlm, vlm_stream and llm on tiny random checkpoints, set the way deployments set them.
-
-    MODEL_PATH (the shared alias) points all three at the tiny SmolVLM; LLM_MODEL_PATH (the
-    model's own name, which wins) moves llm to the tiny Qwen2.5-VL. dtype=float32: the tests
-    hold a request batched or streamed to its tokens alone, which float32 keeps and bfloat16
-    (dtype=auto on a CPU with native bf16) does not.
+    """vlm_stream (the chat engine) and its fronts vlm and llm on the tiny random SmolVLM,
+    set the way deployments set them: MODEL_PATH (the shared alias) names the checkpoint,
+    the engine's own names set the rest. dtype=float32: the tests hold a request batched or
+    streamed to its tokens alone, which float32 keeps and bfloat16 (dtype=auto on a CPU with
+    native bf16) does not.
     """
     server = start_server(
         tmp_path_factory,
@@ -172,12 +171,11 @@ def vlm_server(
         env={
             "MODEL_STORE": str(model_store),
             "MODEL_PATH": "smolvlm-tiny-random",
-            "LLM_MODEL_PATH": "qwen2.5-vl-tiny-random",
             "MAX_NEW_TOKENS": "8",
             "MAX_HISTORY": "2",
-            "VLM_MAX_IMAGE_PIXELS": "200000",
+            "VLM_STREAM_MAX_IMAGE_PIXELS": "200000",
             "VLM_STREAM_MAX_NEW_TOKENS_LIMIT": "4000",
-            **{f"{model}_DTYPE": "float32" for model in ("VLM", "VLM_STREAM", "LLM")},
+            "VLM_STREAM_DTYPE": "float32",
         },
     )
     yield server

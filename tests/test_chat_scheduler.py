@@ -28,7 +28,7 @@ FLOAT32 = Placement("cpu", "float32", "none")
 
 
 def load(model_store: Path, name: str, **settings: Any) -> ChatService:
-    specs = chat_params(name, images=True)
+    specs = chat_params(name)
     plan = LoadPlan.in_process(model_store / name, FLOAT32, specs, **settings)
     return ChatService.load(plan)
 

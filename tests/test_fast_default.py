@@ -29,9 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def shipped_llm(model_store: Path) -> ChatService:
-    """`llm` with its shipped config.pbtxt's settings (dtype=auto), no environment."""
-    config = to_dict(read_config(ROOT / "model_repository" / "llm"))
-    settings = resolve(chat_params("smolvlm-256m-smollm2", images=False), config, "llm", {})
+    """The chat engine (`vlm_stream`, which `llm` answers through) with its shipped
+    config.pbtxt's settings (dtype=auto), no environment."""
+    config = to_dict(read_config(ROOT / "model_repository" / "vlm_stream"))
+    settings = resolve(chat_params("smolvlm-256m-smollm2"), config, "vlm_stream", {})
     assert settings["dtype"] == "auto"
     placement = resolve_placement(settings["quantization"], settings["dtype"], "cpu")
     return ChatService.load(LoadPlan(settings, placement, model_store / settings["model_path"]))

@@ -83,9 +83,10 @@ def test_the_server_picks_the_variant_and_asks_for_a_gpu(tmp_path: Path, model_s
 def test_every_variant_loads_and_serves_with_the_device_turned_back_to_the_cpu(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, model_store: Path
 ) -> None:
+    # llm, a front without weights, has no variant: the server serves its config.pbtxt.
     server = start_server(
         tmp_path_factory,
-        MODELS,
+        [*MODELS, "llm"],
         repository=cpu_copy(tmp_path),
         env={"MODEL_STORE": str(model_store)},
         extra_args=["--model-config-name=gpu"],

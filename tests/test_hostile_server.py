@@ -3,7 +3,8 @@
 Every case is one bad request sent together with a good one to the same model; the model
 configs are the shipped ones but for batching that makes the pair one batch for sure
 (`preferred_batch_size: [ 2 ]`, a long queue delay, one instance), and the server's own
-statistics prove it: the model's count of batches of two grows by one per case. The bad
+statistics prove it: the model's count of batches of two grows by one per case (for the chat
+fronts `vlm` and `llm`, the count of the engine they call, `vlm_stream`). The bad
 request gets INVALID_ARG (HTTP 400) with a message naming its input and, where there is one,
 the limit; the neighbour's answer is right (heard, spoken, or the fact); the server stays
 ready. The cases cover the classes of issue 22 and the limits the model pages list.
@@ -47,6 +48,8 @@ from tools.local_server import LocalTritonServer
 pytestmark = pytest.mark.server
 
 MODELS = ["stt", "tts", "llm", "vlm", "tts_stream", "vlm_stream"]
+#: The chat fronts and the engine they call (docs/models/vlm.md, "The chat models").
+FRONTS = {"llm": "vlm_stream", "vlm": "vlm_stream"}
 #: The decoupled models: answered over gRPC streams.
 STREAMING = {"tts_stream", "vlm_stream"}
 SENTENCE = "Please call Stella and ask her to bring these things with her from the store."
@@ -426,7 +429,9 @@ def test_a_hostile_request_fails_alone_naming_its_input(
 ) -> None:
     case = CASES[name]
     bad_inputs, good_inputs = pair(case.model, case.inputs())
-    before = batches_of_two(server, case.model)
+    # A front's requests are batched by the engine it calls: there they share a batch.
+    batched = FRONTS.get(case.model, case.model)
+    before = batches_of_two(server, batched)
     errors_before = errors_by_code(server, case.model)
     send = stream if case.model in STREAMING else infer
     results: dict[str, Any] = {}
@@ -450,7 +455,7 @@ def test_a_hostile_request_fails_alone_naming_its_input(
     check_neighbour(case.model, good_inputs, good)
     # They shared one batch. Triton counts a batch once its responses are out: wait for it.
     deadline = time.monotonic() + 10
-    while (after := batches_of_two(server, case.model)) == before and time.monotonic() < deadline:
+    while (after := batches_of_two(server, batched)) == before and time.monotonic() < deadline:
         time.sleep(0.1)
     assert after == before + 1
     # Counted once, as INVALID_ARG (the code a stream's error does not carry to its client).

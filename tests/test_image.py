@@ -151,11 +151,20 @@ def test_production_closes_the_admin_apis_and_development_logs_verbosely() -> No
     # entry point's watchdog.
     assert admin_key({"TRITON_ADMIN_KEY": "s3cret"}) == "s3cret"
     assert len({admin_key({}) for _ in range(2)}) == 2
-    development = server_args({"TRITON_PROFILE": "development", "MODELS": "stt, llm"}, "k")
+    repository = str(ROOT / "model_repository")
+    env = {"TRITON_PROFILE": "development", "MODELS": "stt, llm", "MODEL_REPOSITORY": repository}
+    development = server_args(env, "k")
     assert not [a for a in development if "restricted" in a]
     assert "--log-verbose=1" in development
+    # llm is a front: the chat engine it calls loads first, also when named by the variable.
     assert [a for a in development if a.startswith("--load-model")] == [
         "--load-model=stt",
+        "--load-model=vlm_stream",
+        "--load-model=llm",
+    ]
+    moved = server_args({**env, "LLM_ENGINE_MODEL": "my_engine"}, "k")
+    assert [a for a in moved if a.startswith("--load-model=")][1:] == [
+        "--load-model=my_engine",
         "--load-model=llm",
     ]
 

@@ -131,7 +131,7 @@ def test_the_default_smollm2_packed_as_int4_answers_as_in_float32(model_store) -
 
     def service(quantization: str) -> ChatService:
         config = {"parameters": {"max_new_tokens": {"string_value": "6"}}}
-        settings = resolve(chat_params("smolvlm-256m-smollm2", images=False), config, "llm", {})
+        settings = resolve(chat_params("smolvlm-256m-smollm2"), config, "vlm_stream", {})
         placement = resolve_placement(quantization, "float32", "cpu")
         engine = VlmEngine.load(LoadPlan(settings, placement, model_store / "smolvlm-256m-smollm2"))
         return ChatService(engine, settings)

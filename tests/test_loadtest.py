@@ -10,6 +10,7 @@ import asyncio
 import base64
 import io
 import json
+import shutil
 import struct
 from pathlib import Path
 
@@ -516,9 +517,10 @@ def test_setups_are_quantization_dtype_pairs_with_optional_settings() -> None:
     for bad in ("nf4", "nf4:", "nf4:bfloat16:num_threads", "nf4:bfloat16:=static"):
         with pytest.raises(argparse.ArgumentTypeError, match=f"NAME=VALUE...], got '{bad}'"):
             parse_setups(bad)
+    # llm is a front over vlm_stream: its numeric settings are the engine's.
     assert Setup("nf4", "bfloat16").env("llm") == {
-        "LLM_QUANTIZATION": "nf4",
-        "LLM_DTYPE": "bfloat16",
+        "VLM_STREAM_QUANTIZATION": "nf4",
+        "VLM_STREAM_DTYPE": "bfloat16",
     }
     assert Setup("none", "auto").env("stt") == {"STT_QUANTIZATION": "none"}
     static = Setup("int4", "auto", (("num_threads", "1"),))
@@ -716,3 +718,27 @@ def test_fast_default_verdicts_hold_the_quality_bounds() -> None:
     assert verdicts["llm none auto"]["keeps_quality"]
     assert verdicts["llm none auto"]["facts_identical"]["identical"] == 0
     assert not verdicts["llm int4 auto"]["keeps_quality"]
+
+
+def test_chat_memory_gives_each_front_an_engine_of_its_own(tmp_path: Path) -> None:
+    """The baseline of `chat-memory`: what the chat models held when each loaded weights."""
+    from tools.container.repository import with_engines
+    from tools.loadtest.chat_memory import CHAT, own_engines
+    from tools.loadtest.local import repository_copy
+
+    repository = repository_copy(ROOT / "model_repository", ["llm"], tmp_path / "repository")
+    assert sorted(p.name for p in repository.iterdir()) == ["llm", "vlm_stream"]
+    for model in CHAT:
+        if not (repository / model).exists():
+            shutil.copytree(ROOT / "model_repository" / model, repository / model)
+    env = own_engines(repository)
+    assert env == {"VLM_ENGINE_MODEL": "vlm_engine", "LLM_ENGINE_MODEL": "llm_engine"}
+    for engine in env.values():
+        assert f'name: "{engine}"' in (repository / engine / "config.pbtxt").read_text()
+    assert with_engines(CHAT, repository, env) == [
+        "vlm_engine",
+        "vlm",
+        "vlm_stream",
+        "llm_engine",
+        "llm",
+    ]

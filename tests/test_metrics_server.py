@@ -43,6 +43,10 @@ from tools.local_server import LocalTritonServer, free_port
 pytestmark = pytest.mark.server
 
 MODELS = ("llm", "stt", "tts", "tts_stream")
+#: What the server loads for MODELS: llm answers through the chat engine, vlm_stream.
+LOADED = (*MODELS, "vlm_stream")
+#: The models that hold weights (a front holds none: no load time, no footprint).
+ENGINES = tuple(m for m in LOADED if m != "llm")
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +55,8 @@ def server(
 ) -> Iterator[LocalTritonServer]:
     env = {
         "MODEL_STORE": str(model_store),
-        "LLM_MODEL_PATH": "smolvlm-tiny-random",
-        "LLM_MAX_NEW_TOKENS": "8",
+        "VLM_STREAM_MODEL_PATH": "smolvlm-tiny-random",  # the engine llm answers through
+        "VLM_STREAM_MAX_NEW_TOKENS": "8",
         "STT_MODEL_PATH": "whisper-tiny-random",
         "STT_MAX_AUDIO_SECONDS": "60",
         "TTS_MODEL_PATH": "vits-tiny-random",
@@ -149,7 +153,7 @@ def test_chat_tokens_latencies_and_finish_reasons(server: LocalTritonServer) -> 
     tokens = [a[3] for a in answers]
     reasons = [a[1] for a in answers]
     after = Scrape(server)
-    llm = {"model": "llm"}
+    llm = {"model": "vlm_stream"}  # generation is the engine's: llm is a front over it
 
     def delta(name: str, **labels: str) -> float:
         return after.get(name, **llm, **labels) - before.get(name, **llm, **labels)
@@ -171,11 +175,13 @@ def test_chat_tokens_latencies_and_finish_reasons(server: LocalTritonServer) -> 
     )
     assert count == sum(n > 1 for n in tokens)
     assert delta(f"{metrics.BATCH_ROWS.name}_count") == 2
-    # The one session of this server ("" is none), held by one of llm's instances.
+    # The one session of this server ("" is none), held by the engine's instance.
     held = after.families[metrics.SESSIONS.name].samples
-    assert sum(s.value for s in held if s.labels["model"] == "llm") == 1
+    assert sum(s.value for s in held if s.labels["model"] == "vlm_stream") == 1
     history = after.families[metrics.SESSION_BYTES.name].samples
-    assert sum(s.value for s in history if s.labels["model"] == "llm") > len("Tell me a story")
+    assert sum(s.value for s in history if s.labels["model"] == "vlm_stream") > len(
+        "Tell me a story"
+    )
 
 
 def test_tts_audio_out_and_stream_first_audio(server: LocalTritonServer) -> None:
@@ -227,10 +233,11 @@ def test_every_exported_metric_is_in_the_catalogue(server: LocalTritonServer) ->
         assert family.type == spec.kind, name
         for sample in family.samples:
             assert set(sample.labels) - {"le"} == set(spec.labels), sample
-    for model in MODELS:
+    for model in ENGINES:
         for spec in (metrics.LOAD_SECONDS, metrics.FOOTPRINT):
             values = [s.value for s in exported[spec.name].samples if s.labels["model"] == model]
             assert values and all(v > 0 and math.isfinite(v) for v in values), (model, spec.name)
+    for model in LOADED:
         codes = {
             s.labels["code"]
             for s in exported[metrics.ERRORS.name.removesuffix("_total")].samples
@@ -249,10 +256,10 @@ def query(port: int, path: str, **params: str) -> Any:
 
 #: Which model's requests each recording rule needs to return a number (None: any model).
 RULE_MODELS = {
-    "model:multimodal_time_to_first_token_seconds": "llm",
-    "model:multimodal_time_per_output_token_seconds": "llm",
-    "model:multimodal_decode_step_rows": "llm",
-    "model:multimodal_generated_tokens": "llm",
+    "model:multimodal_time_to_first_token_seconds": "vlm_stream",
+    "model:multimodal_time_per_output_token_seconds": "vlm_stream",
+    "model:multimodal_decode_step_rows": "vlm_stream",
+    "model:multimodal_generated_tokens": "vlm_stream",
     "model:multimodal_real_time_factor": "stt",
     "model:multimodal_time_to_first_audio_seconds": "tts_stream",
 }

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REPO = ROOT / "model_repository"
 MODELS = ["stt", "vlm", "vlm_stream", "llm", "tts", "tts_stream"]
 #: Small checkpoints for the cases whose failure comes after the settings are read.
-TINY = {"vlm": "smolvlm-tiny-random", "vlm_stream": "smolvlm-tiny-random"}
+TINY = {"vlm_stream": "smolvlm-tiny-random"}
 
 
 @pytest.mark.parametrize(
@@ -29,13 +29,22 @@ TINY = {"vlm": "smolvlm-tiny-random", "vlm_stream": "smolvlm-tiny-random"}
         ("stt", {"STT_QUANTIZATION": "int3"}, "environment variable STT_QUANTIZATION"),
         ("stt", {"STT_MODEL_PATH": "../../etc"}, "outside the model store"),
         ("stt", {"STT_MODEL_PATH": "no-such-model"}, "does not exist"),
-        ("vlm", {"QUANTIZATION_TYPE": "int3"}, "environment variable QUANTIZATION_TYPE"),
-        ("vlm", {"ATTENTION_IMPL": "magic"}, "environment variable ATTENTION_IMPL"),
-        ("vlm", {"TOP_P": "0"}, "'top_p' from environment variable TOP_P"),
-        ("vlm", {"VLM_MAX_NEW_TOKENS": "2000"}, "setting 'max_new_tokens' is 2000, over the limit"),
-        ("vlm", {"MODEL_PATH": "../../etc"}, "outside the model store"),
+        ("vlm_stream", {"QUANTIZATION_TYPE": "int3"}, "environment variable QUANTIZATION_TYPE"),
+        ("vlm_stream", {"ATTENTION_IMPL": "magic"}, "environment variable ATTENTION_IMPL"),
+        ("vlm_stream", {"TOP_P": "0"}, "'top_p' from environment variable TOP_P"),
+        (
+            "vlm_stream",
+            {"VLM_STREAM_MAX_NEW_TOKENS": "2000"},
+            "setting 'max_new_tokens' is 2000, over the limit",
+        ),
+        ("vlm_stream", {"MODEL_PATH": "../../etc"}, "outside the model store"),
         ("vlm_stream", {"VLM_STREAM_DECODER": "magic"}, "environment variable VLM_STREAM_DECODER"),
-        ("llm", {"LLM_MAX_HISTORY": "-1"}, "setting 'max_history' from environment variable"),
+        (
+            "vlm_stream",
+            {"VLM_STREAM_MAX_HISTORY": "-1"},
+            "setting 'max_history' from environment variable",
+        ),
+        ("vlm", {"VLM_ENGINE_MODEL": " "}, "environment variable VLM_ENGINE_MODEL"),
         ("tts", {"TTS_MAX_SENTENCE_CHARS": "5"}, "environment variable TTS_MAX_SENTENCE_CHARS"),
         ("tts", {"TTS_MODEL_PATH": "whisper-tiny-random"}, "'whisper' checkpoint; the TTS models"),
         ("tts", {"TTS_MODEL_PATH": "../../etc"}, "outside the model store"),

@@ -22,7 +22,7 @@ PROMPTS = [
     "Say hello.",
 ]
 
-CHAT_SETTINGS = chat_params("smolvlm-256m-smollm2", images=True)
+CHAT_SETTINGS = chat_params("smolvlm-256m-smollm2")
 
 
 def answers(engine: VlmEngine, max_new_tokens: int) -> tuple[list, list]:

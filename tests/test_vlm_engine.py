@@ -40,7 +40,7 @@ def make_service(model_store: Path, name: str, quantization: str = "none", **set
     dtype=auto means on a CPU with native bf16, does not keep."""
     settings = {"dtype": "float32", **settings}
     config = {"parameters": {k: {"string_value": str(v)} for k, v in settings.items()}}
-    resolved = resolve(chat_params(name, images=True), config, "vlm", {})
+    resolved = resolve(chat_params(name), config, "vlm", {})
     placement = resolve_placement(quantization, resolved["dtype"], "cpu")
     engine = VlmEngine.load(LoadPlan(resolved, placement, model_store / name))
     return ChatService(engine, resolved)

@@ -1,4 +1,5 @@
-"""model_repository/vlm, vlm_stream and llm through the pb_utils harness.
+"""model_repository/vlm_stream (the chat engine) and its unary fronts vlm and llm through
+the pb_utils harness, linked over BLS as on one tritonserver.
 
 Parsing, per-request errors, batching, sessions, streaming order and cancellation, settings.
 Tiny random checkpoints: answers are babble, but deterministic babble.
@@ -19,6 +20,7 @@ from PIL import Image
 
 from shared.image import encode_image
 from tests.harness.runner import ModelHarness, ServerRejected
+from tests.harness.server import HarnessServer
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO = ROOT / "model_repository"
@@ -32,26 +34,34 @@ TINY = {
 
 
 def load(name: str, model_store: Path, **parameters: str) -> ModelHarness:
-    settings = {**TINY, **parameters}
-    if name == "llm":  # no image settings: it reads no images
-        settings = {k: v for k, v in settings.items() if not k.startswith("max_image")}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MODEL_STORE", str(model_store))
-        return ModelHarness(REPO / name, parameters=settings).load()
-
-
-@pytest.fixture(scope="module")
-def vlm(model_store: Path) -> Iterator[ModelHarness]:
-    harness = load("vlm", model_store)
-    yield harness
-    harness.finalize()
+        return ModelHarness(REPO / name, parameters={**TINY, **parameters}).load()
 
 
 @pytest.fixture(scope="module")
 def stream(model_store: Path) -> Iterator[ModelHarness]:
+    """The engine model: the weights, the running batch and the sessions."""
     harness = load("vlm_stream", model_store, max_new_tokens_limit="4000")
     yield harness
     harness.finalize()
+
+
+@pytest.fixture(scope="module")
+def server(stream: ModelHarness) -> Iterator[HarnessServer]:
+    """The engine with its two unary fronts, as on one tritonserver."""
+    with ModelHarness(REPO / "vlm") as vlm, ModelHarness(REPO / "llm") as llm:
+        yield HarnessServer(stream, vlm, llm)
+
+
+@pytest.fixture(scope="module")
+def vlm(server: HarnessServer) -> ModelHarness:
+    return server.model("vlm")
+
+
+@pytest.fixture(scope="module")
+def llm(server: HarnessServer) -> ModelHarness:
+    return server.model("llm")
 
 
 def image(width: int, height: int, seed: int) -> bytes:
@@ -87,9 +97,18 @@ def answer(result) -> tuple[str, str, int, int]:
     )
 
 
-def test_initialize_logs_the_checkpoint_and_placement(vlm: ModelHarness) -> None:
-    logged = [m for level, m in vlm.logs if level == "INFO"]
+def test_initialize_logs_the_checkpoint_and_placement(stream: ModelHarness) -> None:
+    logged = [m for level, m in stream.logs if level == "INFO"]
     assert any("Idefics3ForConditionalGeneration" in m and "quantization=none" in m for m in logged)
+
+
+def test_the_fronts_load_no_weights_and_name_their_engine(
+    vlm: ModelHarness, llm: ModelHarness
+) -> None:
+    for front in (vlm, llm):
+        assert not hasattr(front.model, "engine")
+        logged = [m for level, m in front.logs if level == "INFO"]
+        assert any("a front over vlm_stream" in m for m in logged), logged
 
 
 def test_outputs_and_their_types(vlm: ModelHarness) -> None:
@@ -180,7 +199,7 @@ def test_bad_requests_fail_alone_with_invalid_arg(vlm: ModelHarness) -> None:
         "role": (chat('[{"role": "tool", "content": "hi"}]'), "messages[0].role is 'tool'"),
         "image token as text": (chat("look <image> here"), "input 'prompt' contains '<image>'"),
         "max_new_tokens 0": (chat("x", max_new_tokens=i32(0)), "input 'max_new_tokens' is 0"),
-        "max_new_tokens cap": (chat("x", max_new_tokens=i32(99999)), "allowed: 1 to 1024"),
+        "max_new_tokens cap": (chat("x", max_new_tokens=i32(99999)), "allowed: 1 to 4000"),
         "temperature": (chat("x", temperature=f32(-1.0)), "input 'temperature' is -1.0"),
         "top_p 0": (chat("x", top_p=f32(0.0)), "input 'top_p' is 0.0"),
         "top_p 1.5": (chat("x", top_p=f32(1.5)), "input 'top_p' is 1.5"),
@@ -207,20 +226,40 @@ def test_the_server_checks_shapes_and_types_before_the_model(vlm: ModelHarness) 
         vlm.request({"prompt": np.array([[b"x"]] * 17, dtype=np.object_)})
 
 
-def test_llm_serves_text_and_refuses_images(model_store: Path) -> None:
-    llm = load("llm", model_store)
-    try:
-        result = llm.infer(chat("Hello"))
-        _, reason, _, tokens = answer(result)
-        assert (reason, tokens) == ("length", 8)
-        uri = "data:image/png;base64,iVBORw0KGgo="
-        messages = [{"role": "user", "content": [{"type": "image_url", "image_url": uri}]}]
-        refused = llm.infer(chat(json.dumps(messages)))
-        assert refused.code == "INVALID_ARG" and "reads text only" in refused.message
-        with pytest.raises(ServerRejected, match="unexpected inference input 'images'"):
-            llm.request(chat("x", image(8, 8, 0)))
-    finally:
-        llm.finalize()
+def test_llm_serves_text_and_refuses_images(llm: ModelHarness, vlm: ModelHarness) -> None:
+    result = llm.infer(chat("Hello"))
+    assert answer(result) == answer(vlm.infer(chat("Hello")))
+    assert answer(result)[1::2] == ("length", 8)
+    uri = "data:image/png;base64,iVBORw0KGgo="
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": uri}]}]
+    refused = llm.infer(chat(json.dumps(messages)))
+    assert refused.code == "INVALID_ARG" and "reads text only" in refused.message
+    with pytest.raises(ServerRejected, match="unexpected inference input 'images'"):
+        llm.request(chat("x", image(8, 8, 0)))
+
+
+def test_the_fronts_share_the_engines_sessions(
+    vlm: ModelHarness, llm: ModelHarness, stream: ModelHarness
+) -> None:
+    """One engine, one conversation: a turn taken on vlm is history on llm and vlm_stream."""
+    sid = {"session_id": text("shared-session")}
+    vlm.infer(chat("My dog is called Rex.", **sid))
+    with_history = answer(llm.infer(chat("What is my dog called?", **sid)))
+    fresh = answer(llm.infer(chat("What is my dog called?")))
+    assert with_history[2] > fresh[2]
+    streamed = stream.infer(chat("And my cat?", **sid))
+    assert answer(streamed[-1])[2] > with_history[2]
+    stream.infer(chat("", **sid, reset_session=np.array([[True]])))
+
+
+def test_engine_errors_reach_the_client_with_their_codes(
+    stream: ModelHarness, model_store: Path
+) -> None:
+    """2.51's BLS drops a callee's error code: the front reads it back from the message."""
+    with ModelHarness(REPO / "vlm", parameters={"engine_model": "vlm_engine_missing"}) as lost:
+        HarnessServer(stream, lost)
+        result = lost.infer(chat("Hi"))
+        assert result.code == "UNAVAILABLE" and "vlm_engine_missing" in result.message
 
 
 # --- vlm_stream ----------------------------------------------------------------------------
@@ -292,50 +331,73 @@ def withdraw(harness: ModelHarness, request_id: str) -> Any:
     return harness.infer(control)
 
 
+def cancelled_count(stream: ModelHarness) -> float:
+    """Generations the engine stopped for a cancellation (the fronts' rows included)."""
+    counted = stream.metric("multimodal_generation_cancelled_total", {"model": "vlm_stream"})
+    return counted.value if counted else 0
+
+
+def wait_until_decoding(stream: ModelHarness) -> None:
+    deadline = time.monotonic() + 60
+    while stream.model.engine.scheduler.load[0] == 0:
+        time.sleep(0.001)
+        assert time.monotonic() < deadline
+
+
 @pytest.mark.parametrize("name", ["vlm_stream", "llm"])
 def test_a_request_is_cancelled_by_another_naming_its_id(
-    name: str, stream: ModelHarness, model_store: Path
+    name: str, stream: ModelHarness, server: HarnessServer
 ) -> None:
     """What voice_chat does with a chat call it no longer needs (BLS cannot cancel on 2.51):
-    the generation stops (the cancelled counter moves), the caller gets finish_reason
-    cancelled (a unary caller: CANCELLED), the withdrawal is answered cancelled."""
-    harness = (
-        stream if name == "vlm_stream" else load("llm", model_store, max_new_tokens_limit="4000")
+    the generation stops (the engine's cancelled counter moves), the caller gets
+    finish_reason cancelled (a unary caller: CANCELLED), the withdrawal is answered cancelled."""
+    harness = server.model(name)
+    counted = cancelled_count(stream)
+    request = harness.request(
+        chat("Tell me everything", max_new_tokens=i32(3000)), request_id=TOKEN
     )
-    try:
-        labels = {"model": name}
-        before = harness.metric("multimodal_generation_cancelled_total", labels)
-        counted = before.value if before else 0
-        request = harness.request(
-            chat("Tell me everything", max_new_tokens=i32(3000)), request_id=TOKEN
-        )
-        outcome: list[Any] = []
-        running = threading.Thread(target=lambda: outcome.append(harness.execute([request])))
-        running.start()
-        deadline = time.monotonic() + 60
-        while harness.model.engine.scheduler.load[0] == 0:  # until it is decoding
-            time.sleep(0.001)
-            assert time.monotonic() < deadline
-        answered = withdraw(harness, TOKEN)
-        running.join(60)
-        assert answered.error is None, answered.message
-        assert answer(answered)[1] == "cancelled"
-        (results,) = outcome[0]
-        if name == "vlm_stream":
-            assert results[-1].error is None and answer(results[-1])[1] == "cancelled"
-            assert 1 <= answer(results[-1])[3] < 3000
-        else:  # a unary request that was cancelled is answered CANCELLED, as when its client left
-            assert results.code == "CANCELLED"
-        after = harness.metric("multimodal_generation_cancelled_total", labels)
-        assert after is not None and after.value == counted + 1
-    finally:
-        if harness is not stream:
-            harness.finalize()
+    outcome: list[Any] = []
+    running = threading.Thread(target=lambda: outcome.append(harness.execute([request])))
+    running.start()
+    wait_until_decoding(stream)
+    answered = withdraw(harness, TOKEN)
+    running.join(60)
+    assert answered.error is None, answered.message
+    assert answer(answered)[1] == "cancelled"
+    (results,) = outcome[0]
+    if name == "vlm_stream":
+        assert results[-1].error is None and answer(results[-1])[1] == "cancelled"
+        assert 1 <= answer(results[-1])[3] < 3000
+    else:  # a unary request that was cancelled is answered CANCELLED, as when its client left
+        assert results.code == "CANCELLED"
+    assert cancelled_count(stream) == counted + 1
 
 
-def test_only_a_live_request_with_a_long_id_can_be_withdrawn(stream: ModelHarness) -> None:
-    unknown = withdraw(stream, TOKEN)
-    assert unknown.code == "NOT_FOUND" and "input 'cancel_id'" in unknown.message
+def test_a_unary_request_whose_client_left_stops_generating(
+    vlm: ModelHarness, stream: ModelHarness
+) -> None:
+    """The front sees its client's cancellation between two pieces and withdraws its call."""
+    counted = cancelled_count(stream)
+    request = vlm.request(chat("Tell me everything", max_new_tokens=i32(3000)))
+    outcome: list[Any] = []
+    running = threading.Thread(target=lambda: outcome.append(vlm.execute([request])))
+    running.start()
+    wait_until_decoding(stream)
+    vlm.cancel(request)
+    running.join(60)
+    (result,) = outcome[0]
+    assert result.code == "CANCELLED"
+    assert cancelled_count(stream) == counted + 1
+    stopped = [m for _, m in stream.logs if "the client cancelled; generation stopped after" in m]
+    assert int(stopped[-1].split("after ")[1].split(" ")[0]) < 3000, stopped[-1]
+
+
+def test_only_a_live_request_with_a_long_id_can_be_withdrawn(
+    stream: ModelHarness, vlm: ModelHarness
+) -> None:
+    for harness in (stream, vlm):
+        unknown = withdraw(harness, TOKEN)
+        assert unknown.code == "NOT_FOUND" and "input 'cancel_id'" in unknown.message
     # A short id (a client's own "1") is never cancellable by others: not found while it runs.
     request = stream.request(chat("Tell me everything", max_new_tokens=i32(40)), request_id="1")
     outcome: list[Any] = []
@@ -365,7 +427,10 @@ def test_a_request_cancelled_before_it_runs_gets_cancelled(stream: ModelHarness)
     [
         ({"MODEL_PATH": "qwen2.5-vl-tiny-random"}, "Qwen2_5_VLForConditionalGeneration"),
         (
-            {"MODEL_PATH": "qwen2.5-vl-tiny-random", "VLM_MODEL_PATH": "smolvlm-tiny-random"},
+            {
+                "MODEL_PATH": "qwen2.5-vl-tiny-random",
+                "VLM_STREAM_MODEL_PATH": "smolvlm-tiny-random",
+            },
             "Idefics3ForConditionalGeneration",
         ),
     ],
@@ -376,7 +441,9 @@ def test_environment_overrides_config_with_the_model_prefix_first(
     monkeypatch.setenv("MODEL_STORE", str(model_store))
     for key, value in {**env, "TEMPERATURE": "0.5", "MAX_HISTORY": "7"}.items():
         monkeypatch.setenv(key, value)
-    with ModelHarness(REPO / "vlm", parameters={"model_path": "smolvlm-256m-random"}) as harness:
+    with ModelHarness(
+        REPO / "vlm_stream", parameters={"model_path": "smolvlm-256m-random"}
+    ) as harness:
         assert any(architecture in m for _, m in harness.logs)
         settings = harness.model.engine.settings
         assert (settings["temperature"], settings["max_history"]) == (0.5, 7)

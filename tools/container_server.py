@@ -69,7 +69,7 @@ def setting_variables(repository: Path, environ: Mapping[str, str]) -> dict[str,
         for path in repository.iterdir()
         if (path / "config.pbtxt").is_file()
     )
-    aliases = {a for p in chat_params("", images=True) for a in p.env_aliases}
+    aliases = {a for p in chat_params("") for a in p.env_aliases}
     return {
         name: value
         for name, value in environ.items()

@@ -28,6 +28,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from tools.container.repository import with_engines
+
 ROOT = Path(__file__).resolve().parents[1]
 S = TypeVar("S", bound="ServerProcess")
 
@@ -197,7 +199,8 @@ class LocalTritonServer(ServerProcess):
         ]
         if self.models is not None:
             cmd.append("--model-control-mode=explicit")
-            cmd += [f"--load-model={name}" for name in self.models]
+            models = with_engines(self.models, self.model_repository, self.environment())
+            cmd += [f"--load-model={name}" for name in models]
         return cmd + self.extra_args
 
     def environment(self) -> dict[str, str]:

@@ -1,5 +1,5 @@
-"""The chat service the `vlm`, `vlm_stream` and `llm` models share: validation, conversation
-history, and the batched engine call.
+"""The chat service of the chat engine model (`vlm_stream`, which the fronts `vlm` and `llm`
+call): validation, conversation history, and the batched engine call.
 
 Plain Python like the engine: the model files read Triton tensors into `ChatRequest`s, this
 module turns each into an engine row (or a per-request `RequestError`), runs a batch, and
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from backends.chat.engine import EngineRow, VlmEngine
@@ -26,7 +26,7 @@ from shared.chat import (
     parse_prompt,
     text_message,
 )
-from shared.errors import ErrorCode, ModelLoadError, RequestError, invalid
+from shared.errors import UNLOADING_MESSAGE, ErrorCode, ModelLoadError, RequestError, invalid
 from shared.loading import LoadPlan
 from shared.params import check_temperature
 from shared.sessions import SessionStore
@@ -109,7 +109,7 @@ class ChatService:
     def close(self) -> None:
         """Stop the scheduler: what waits or runs fails UNAVAILABLE (the model unloads)."""
         if self.scheduler is not None:
-            self.scheduler.close(RequestError("the model is unloading", ErrorCode.UNAVAILABLE))
+            self.scheduler.close(RequestError(UNLOADING_MESSAGE, ErrorCode.UNAVAILABLE))
 
     @property
     def footprint_bytes(self) -> int:
@@ -131,7 +131,8 @@ class ChatService:
             self.sessions.reset(session_id)
             if not request.prompt.strip() and not request.images:
                 return ChatRow(engine_row=None, session_id=session_id, turn=())
-        messages = parse_prompt(request.prompt, request.images, self.limits)
+        limits = replace(self.limits, max_images=0) if request.text_only else self.limits
+        messages = parse_prompt(request.prompt, request.images, limits)
         self._check_text(messages)
         system = [m for m in messages if m.role == "system"]
         turn = tuple(m for m in messages if m.role != "system")

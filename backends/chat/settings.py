@@ -18,9 +18,9 @@ def _probability(text: str) -> float:
     return value
 
 
-def chat_params(default_model_path: str, *, images: bool) -> list[Param]:
-    """Every setting of a chat model; the image limits only where it reads images."""
-    params = [
+def chat_params(default_model_path: str) -> list[Param]:
+    """Every setting of the chat engine model (`vlm_stream`)."""
+    return [
         *load_params(default_model_path, ENV_ALIASES),
         Param(
             "attn_implementation",
@@ -137,17 +137,13 @@ def chat_params(default_model_path: str, *, images: bool) -> list[Param]:
             doc="most characters of text in a request's messages, checked before tokenizing "
             "(16 per token of an 8192-token context)",
         ),
+        Param("max_images", 8, parse=int, minimum=0, doc="images per request"),
+        Param(
+            "max_image_pixels",
+            25_000_000,
+            parse=int,
+            minimum=1,
+            doc="largest image (width x height), checked before decoding",
+        ),
+        Param("max_image_bytes", 20 << 20, parse=int, minimum=1024, doc="largest image file"),
     ]
-    if images:
-        params += [
-            Param("max_images", 8, parse=int, minimum=0, doc="images per request"),
-            Param(
-                "max_image_pixels",
-                25_000_000,
-                parse=int,
-                minimum=1,
-                doc="largest image (width x height), checked before decoding",
-            ),
-            Param("max_image_bytes", 20 << 20, parse=int, minimum=1024, doc="largest image file"),
-        ]
-    return params

@@ -3,13 +3,16 @@
 In tritonserver each model instance has its own stub process, so `Logger`, metrics errors and
 `get_model_dir()` always know which instance they belong to. The harness runs several models
 in one process, so `ModelHarness` activates its `Instance` around every call into the model,
-per thread (a model's BLS call runs another model's execute() on a thread of its own); a
-background thread the model started after that call uses the instance activated last.
+per thread (a model's BLS call runs another model's execute() on a thread of its own). A
+thread started while an instance is active belongs to that instance, as a thread a model
+starts stays in its stub process (threads it starts belong to it too); any other thread
+uses the instance activated last.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -78,11 +81,35 @@ def _active() -> list[Instance]:
     return active
 
 
-def current_or_none() -> Instance | None:
-    """The instance being called on this thread, else the last one called, else None."""
+def _own() -> Instance | None:
+    """The instance this thread acts for: the innermost activated here, else its starter's."""
     active = _active()
     with _lock:
-        return active[-1] if active else _last
+        return active[-1] if active else _started_by.get(threading.current_thread())
+
+
+def current_or_none() -> Instance | None:
+    """The instance being called on this thread (or that started it), else the last one
+    called, else None."""
+    own = _own()
+    with _lock:
+        return own if own is not None else _last
+
+
+_started_by: weakref.WeakKeyDictionary[threading.Thread, Instance] = weakref.WeakKeyDictionary()
+_thread_start = threading.Thread.start
+
+
+def _start(thread: threading.Thread) -> None:
+    """threading.Thread.start, noting the instance the new thread belongs to."""
+    owner = _own()
+    if owner is not None:
+        with _lock:
+            _started_by[thread] = owner
+    _thread_start(thread)
+
+
+threading.Thread.start = _start  # type: ignore[method-assign]
 
 
 def current() -> Instance:

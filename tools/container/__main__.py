@@ -36,8 +36,10 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 from openai_api.settings import ALL_MODELS as DOOR_MODELS
+from tools.container.repository import with_engines
 from tools.container.watchdog import Watchdog
 
 PROFILES = ("production", "development")
@@ -83,8 +85,10 @@ def server_args(env: Mapping[str, str], key: str) -> list[str]:
     exit_timeout = env.get("EXIT_TIMEOUT", "25") or "25"
     if not exit_timeout.isdigit():
         raise SystemExit(f"EXIT_TIMEOUT={exit_timeout!r} is not a number of seconds")
+    repository = env.get("MODEL_REPOSITORY", "/opt/triton-multimodal/model_repository")
+    models = with_engines(_models(env), Path(repository), env) or ["*"]
     args = [
-        f"--model-repository={env.get('MODEL_REPOSITORY', '/opt/triton-multimodal/model_repository')}",
+        f"--model-repository={repository}",
         f"--http-address={address}",
         f"--http-port={_port(env, 'PORT_HTTP', 8000)}",
         f"--grpc-address={address}",
@@ -95,10 +99,11 @@ def server_args(env: Mapping[str, str], key: str) -> list[str]:
         # Latency quantiles (Triton 2.51 has no latency histograms): deploy/prometheus reads them.
         "--metrics-config=summary_latencies=true",
         f"--exit-timeout-secs={exit_timeout}",
-        # Explicit control: the models named are loaded at start; later loads and unloads go
-        # through the repository API (behind the admin key in production).
+        # Explicit control: the models named (and the engines the chat fronts among them call)
+        # are loaded at start; later loads and unloads go through the repository API (behind
+        # the admin key in production).
         "--model-control-mode=explicit",
-        *(f"--load-model={m}" for m in _models(env) or ["*"]),
+        *(f"--load-model={m}" for m in models),
         # Ready means every model loaded is ready: what the HEALTHCHECK and a load balancer ask.
         "--strict-readiness=true",
     ]

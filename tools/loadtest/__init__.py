@@ -23,6 +23,7 @@ in this list; tests/test_loadtest.py keeps the package free of import cycles):
   peers        `peers`, against llama.cpp's llama-server
   stt/         `bench-stt` (its own package: see stt/__init__.py)
   tts, vlm     `bench-tts`, `bench-vlm`
+  chat_memory  `chat-memory`
   build_peers  `build-peers`
   cli          the command line: imports every command, imported by none
 

@@ -15,6 +15,7 @@
   bench-voice   voice_chat's time to first audio against stt + llm + tts called in a row
   fast-default  the shipped dtype=auto against float32 per model, in-process: speed, quality
   soak          mixed valid and hostile load on every model for minutes: errors, latency, RSS
+  chat-memory   the chat models' memory: one engine behind three names vs. an engine per name
   build-peers   build llama-server, its GGUF and the CTranslate2 venv (never in CI)
 
 `run` needs a server, and is what runs when no command is named (scripts/loadtest -m stt);
@@ -35,6 +36,7 @@ from . import (
     baseline,
     benchmarks,
     build_peers,
+    chat_memory,
     door,
     fast_default,
     peers,
@@ -77,6 +79,7 @@ BENCHMARKS = (
     ("bench-voice", voice),
     ("fast-default", fast_default),
     ("soak", soak),
+    ("chat-memory", chat_memory),
     ("build-peers", build_peers),
 )
 HANDLERS: dict[str, Handler] = {

@@ -192,9 +192,12 @@ def measure_stt(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
 def chat_service(args: argparse.Namespace, model: str, setup: Setup) -> Any:
     from backends.chat.service import ChatService
     from backends.chat.settings import chat_params
+    from tools.container.repository import engine_model
 
-    specs = chat_params("smolvlm-256m-smollm2", images=model != "llm")
-    return ChatService.load(plan(args, model, specs, setup))
+    specs = chat_params("smolvlm-256m-smollm2")
+    # llm and vlm are fronts: the settings are those of the engine they answer through.
+    engine = engine_model(model, args.repository) or model
+    return ChatService.load(plan(args, engine, specs, setup))
 
 
 def answers(service: Any, requests: Sequence[Any]) -> list[Any]:

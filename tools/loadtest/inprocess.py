@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +95,12 @@ def measure(
 ) -> dict[str, Any]:
     """Requests per second per batch size (one execute() of `size` requests at a time, over
     `requests_for(size)` requests rounded up to whole batches) and each call's latency; with
-    `profile`, where one call's time goes at batch 1 and at the best batch size (cProfile)."""
+    `profile`, where one call's time goes at batch 1 and at the best batch size (cProfile:
+    the calling thread's, so a front's profile shows its waiting, its engine's work is not
+    in it). A front (`llm`, `vlm`) runs with the engine model it answers through."""
     from tests.harness.runner import ModelHarness
+    from tests.harness.server import HarnessServer
+    from tools.container.repository import engine_model
 
     from .machine import CpuProbe, proc_memory
 
@@ -105,7 +109,15 @@ def measure(
     runs: dict[str, Any] = {}
     answers: dict[int, str] = {}  # sample index -> text, of the batch size being measured
     tokens: list[int] = []
-    with environment(env), ModelHarness(model_dir, response_timeout=3600.0) as harness:
+    with ExitStack() as stack:
+        stack.enter_context(environment(env))
+        engine = engine_model(model_dir.name, model_dir.parent, {**os.environ, **env})
+        harness = stack.enter_context(ModelHarness(model_dir, response_timeout=3600.0))
+        if engine is not None:
+            behind = stack.enter_context(
+                ModelHarness(model_dir.parent / engine, response_timeout=3600.0)
+            )
+            HarnessServer(behind, harness)
 
         def batch(start: int, size: int) -> float:
             requests = [harness.request(tensors[(start + k) % len(tensors)]) for k in range(size)]

@@ -7,6 +7,7 @@ edits model_repository/ and a variant differs from the shipped config in one fie
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -20,11 +21,14 @@ from .inputs import read_config
 
 
 def repository_copy(source: Path, models: list[str], dest: Path, *, batching: bool = True) -> Path:
-    """A repository with `models` copied from `source`; with `batching=False` their configs
+    """A repository with `models` (and the engines the fronts among them call) copied from
+    `source`; with `batching=False` their configs
     lose `dynamic_batching` (rewritten through Triton's protobuf schema, nothing else changes),
     so Triton's default scheduler hands the model one request per execute()."""
+    from tools.container.repository import with_engines
+
     dest.mkdir(parents=True, exist_ok=True)
-    for model in models:
+    for model in with_engines(models, source, os.environ):
         src = source / model
         if not (src / "config.pbtxt").is_file():
             raise LookupError(f"model {model!r} has no config.pbtxt under {source}")
@@ -94,9 +98,16 @@ def load_facts(log: Path, model: str) -> dict[str, Any]:
 
 
 def env_name(model: str, setting: str) -> str:
-    """The environment variable that overrides a model's config parameter (shared.params)."""
+    """The environment variable that overrides a model's config parameter (shared.params);
+    a front's engine settings are those of the engine model it answers through (`llm`'s
+    dtype is VLM_STREAM_DTYPE)."""
     from shared.params import Param
+    from tools.container.repository import engine_model
 
+    if setting != "engine_model":
+        model = (
+            engine_model(model, Path(__file__).resolve().parents[2] / "model_repository") or model
+        )
     return Param(setting, "").env_names(model)[0]
 
 

@@ -13,15 +13,29 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def proc_memory(pid: int) -> dict[str, float]:
-    """Resident and peak resident memory (MiB) of a process, from /proc (Linux)."""
+def _mib_fields(path: str, keys: tuple[str, ...]) -> dict[str, float]:
+    """`key: N kB` lines of a /proc file, in MiB."""
     fields = {}
-    with open(f"/proc/{pid}/status", encoding="utf-8") as handle:
+    with open(path, encoding="utf-8") as handle:
         for line in handle:
             key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                fields[key] = int(value.split()[0]) / 1024
-    return {"rss_mib": round(fields["VmRSS"], 1), "peak_rss_mib": round(fields["VmHWM"], 1)}
+            if key in keys:
+                fields[key] = round(int(value.split()[0]) / 1024, 1)
+    return fields
+
+
+def proc_memory(pid: int) -> dict[str, float]:
+    """Resident and peak resident memory (MiB) of a process, from /proc (Linux)."""
+    fields = _mib_fields(f"/proc/{pid}/status", ("VmRSS", "VmHWM"))
+    return {"rss_mib": fields["VmRSS"], "peak_rss_mib": fields["VmHWM"]}
+
+
+def shared_memory(pid: int) -> dict[str, float]:
+    """Resident memory (MiB) of a process, and its proportional share: pages it shares with
+    other processes (a forked stub's libraries, the page cache of a mapped file) counted
+    divided among them, so that the shares of all processes add up to what they hold."""
+    fields = _mib_fields(f"/proc/{pid}/smaps_rollup", ("Rss", "Pss"))
+    return {"rss_mib": fields["Rss"], "pss_mib": fields["Pss"]}
 
 
 def machine() -> dict[str, Any]:

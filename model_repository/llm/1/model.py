@@ -1,15 +1,14 @@
-"""Text chat on Triton: the vision-language engine and contract, without images.
+"""Text chat on Triton: the `vlm` contract without images.
 
-It serves the same checkpoint as `vlm` (a separate instance with its own settings): the same
-inputs and outputs less `images`; image parts in a prompt are refused. Contract and settings:
+A front over `vlm_stream` (the same checkpoint, running batch and sessions) that refuses
+images, also as image parts of a prompt (`serving.chat_front`). Contract and settings:
 docs/models/llm.md.
 """
 
 from __future__ import annotations
 
-from backends.chat.settings import chat_params
-from serving.chat import UnaryChatModel
+from serving.chat_front import ChatFront
 
 
-class TritonPythonModel(UnaryChatModel):
-    params = chat_params("smolvlm-256m-smollm2", images=False)
+class TritonPythonModel(ChatFront):
+    text_only = True

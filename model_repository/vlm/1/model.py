@@ -1,14 +1,14 @@
-"""Vision-language chat on Triton: images and text in, text out, one batched generation.
+"""Vision-language chat on Triton: images and text in, text out, one response per request.
 
-The steps are `serving.chat.UnaryChatModel`'s (shared with `llm`); the work is in
-`backends.chat`. Contract and settings: docs/models/vlm.md.
+A front over `vlm_stream`, which holds the weights, the running batch and the sessions: each
+row is one stream there, joined into this request's response (`serving.chat_front`).
+Contract and settings: docs/models/vlm.md.
 """
 
 from __future__ import annotations
 
-from backends.chat.settings import chat_params
-from serving.chat import UnaryChatModel
+from serving.chat_front import ChatFront
 
 
-class TritonPythonModel(UnaryChatModel):
-    params = chat_params("smolvlm-256m-smollm2", images=True)
+class TritonPythonModel(ChatFront):
+    text_only = False

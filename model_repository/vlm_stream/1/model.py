@@ -14,4 +14,4 @@ from serving.chat import StreamingChatModel
 
 
 class TritonPythonModel(StreamingChatModel):
-    params = chat_params("smolvlm-256m-smollm2", images=True)
+    params = chat_params("smolvlm-256m-smollm2")
