@@ -80,7 +80,8 @@ def run_layout(name: str, own: bool, args: argparse.Namespace) -> dict[str, Any]
     """One server with the three chat models, `own`: each front with an engine of its own."""
     from tools.local_server import ROOT
 
-    scratch = Path(tempfile.mkdtemp(prefix=f"chat-memory-{name}-"))
+    # No spaces in the path: the Python backend passes it to its stub on a command line.
+    scratch = Path(tempfile.mkdtemp(prefix=f"chat-memory-{'own' if own else 'shared'}-"))
     repository = repository_copy(ROOT / "model_repository", CHAT, scratch / "repository")
     env = parse_env(args.env)
     if own:
