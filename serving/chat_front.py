@@ -159,6 +159,10 @@ class ChatFront:
             self._live[own_id] += 1
         try:
             results = [self._read(responses, request, call_id) for responses in calls]
+        except RequestError:
+            if len(calls) > 1:  # the request's answer is this error: its other rows stop
+                self._withdraw_call(call_id)
+            raise
         finally:
             with self._live_lock:
                 self._live[own_id] -= 1

@@ -392,6 +392,22 @@ def test_a_unary_request_whose_client_left_stops_generating(
     assert int(stopped[-1].split("after ")[1].split(" ")[0]) < 3000, stopped[-1]
 
 
+def test_a_row_that_fails_stops_the_other_rows_of_its_request(
+    vlm: ModelHarness, stream: ModelHarness
+) -> None:
+    """A unary request gets one answer: once a row fails, its other rows stop generating."""
+    counted = cancelled_count(stream)
+    rows = {
+        "prompt": np.array([[b"Tell me everything"], [b"Tell me everything"]], dtype=np.object_),
+        "max_new_tokens": np.array([[0], [3000]], dtype=np.int32),
+    }
+    result = vlm.infer(rows)
+    assert result.code == "INVALID_ARG" and "input 'max_new_tokens' is 0" in result.message
+    assert cancelled_count(stream) == counted + 1
+    stopped = [m for _, m in stream.logs if "the client cancelled; generation stopped after" in m]
+    assert int(stopped[-1].split("after ")[1].split(" ")[0]) < 3000, stopped[-1]
+
+
 def test_only_a_live_request_with_a_long_id_can_be_withdrawn(
     stream: ModelHarness, vlm: ModelHarness
 ) -> None:
