@@ -101,8 +101,8 @@ class ServedModel(ABC, Generic[E]):
 class UnaryModel(ServedModel[E], Generic[E, Row, Result]):
     """One response per request; the rows of every request of a batch run as one call."""
 
-    def execute(self, requests: list[Request]) -> list[Response | None]:
-        """The responses, in request order (None: one sent through its response sender)."""
+    def execute(self, requests: list[Request]) -> list[Response]:
+        """The responses, in request order."""
         self.started = time.perf_counter()
         return list(
             run_batch(

@@ -92,29 +92,6 @@ def _run_batch(
     return responses
 
 
-def submit_batch(
-    requests: Sequence[Request],
-    parse: Callable[[Request], list[Row]],
-    submit: Callable[[Request, list[Row]], None],
-    model_name: str,
-    errors: ErrorCounter | None = None,
-) -> list[Response | None]:
-    """Continuous batching's `execute()` for a unary model: parse each request as `run_batch`
-    does and hand the valid ones to `submit(request, rows)`, which answers each later through
-    its response sender (the one response, with COMPLETE_FINAL; the Python backend allows it
-    in non-decoupled mode). The returned list answers the others now and holds None for the
-    submitted ones, as the backend expects."""
-    responses: list[Any] = [None] * len(requests)
-    for index, rows in _parse_each(requests, parse, responses, model_name):
-        try:
-            submit(requests[index], rows)
-        except Exception as exc:
-            responses[index] = error_response(engine_error(model_name, exc))
-    if errors is not None:
-        errors.count_errors([r for r in responses if r is not None])
-    return responses
-
-
 def _parse_each(
     requests: Sequence[Request],
     parse: Callable[[Request], list[Row]],
