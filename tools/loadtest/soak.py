@@ -42,9 +42,12 @@ from .inputs import client_tensors, is_decoupled, read_config
 from .local import local_server, parse_env, repository_copy
 from .machine import CpuProbe, proc_memory
 
-#: The models a soak drives by default: every model with its own engine.
+#: The models a soak drives by default: every chat, speech and voice model but voice_chat.
 MODELS = ("stt", "tts", "tts_stream", "llm", "vlm", "vlm_stream")
 RSS_EVERY = 10.0
+#: A request unanswered this long is a failure, not a soak that never ends: a model whose stub
+#: died holding a request it answers through its response sender never answers it.
+ANSWER_WITHIN = 600.0
 
 
 def spoil(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -136,7 +139,12 @@ class Soak:
                 valid = rng.random() >= self.bad_share
                 arrays = rng.choice(model.requests)
                 started = time.monotonic()
-                error = await send(client, model, arrays if valid else spoil(arrays))
+                try:
+                    error = await asyncio.wait_for(
+                        send(client, model, arrays if valid else spoil(arrays)), ANSWER_WITHIN
+                    )
+                except TimeoutError:
+                    error = f"no answer within {ANSWER_WITHIN:.0f} s"
                 self.outcomes.append(Outcome(model.name, valid, time.monotonic() - started, error))
         finally:
             await client.close()
