@@ -293,6 +293,12 @@ def test_stream_refuses_several_rows(stream: ModelHarness) -> None:
     assert result.final and result.code == "INVALID_ARG" and "one prompt" in result.message
 
 
+def tokens_at_last_stop(stream: ModelHarness) -> int:
+    """Tokens the engine had generated for the last row it stopped (its log line says)."""
+    stopped = [m for _, m in stream.logs if "the client cancelled; generation stopped after" in m]
+    return int(stopped[-1].split("after ")[1].split(" ")[0])
+
+
 def test_cancelling_a_stream_stops_its_generation(stream: ModelHarness) -> None:
     labels = {"model": "vlm_stream"}
     before = stream.metric("multimodal_generation_cancelled_total", labels)
@@ -315,9 +321,7 @@ def test_cancelling_a_stream_stops_its_generation(stream: ModelHarness) -> None:
     assert (
         stream.metric("multimodal_generation_cancelled_total", labels).value == cancelled_before + 1
     )
-    stopped = [m for _, m in stream.logs if "the client cancelled; generation stopped after" in m]
-    tokens = int(stopped[-1].split("after ")[1].split(" ")[0])
-    assert 1 <= tokens < 3000, stopped[-1]
+    assert 1 <= tokens_at_last_stop(stream) < 3000
 
 
 TOKEN = "0123456789abcdef0123456789abcdef"  # a 32-character request id: cancellable by id
@@ -388,8 +392,7 @@ def test_a_unary_request_whose_client_left_stops_generating(
     (result,) = outcome[0]
     assert result.code == "CANCELLED"
     assert cancelled_count(stream) == counted + 1
-    stopped = [m for _, m in stream.logs if "the client cancelled; generation stopped after" in m]
-    assert int(stopped[-1].split("after ")[1].split(" ")[0]) < 3000, stopped[-1]
+    assert tokens_at_last_stop(stream) < 3000
 
 
 def test_a_row_that_fails_stops_the_other_rows_of_its_request(
@@ -404,8 +407,7 @@ def test_a_row_that_fails_stops_the_other_rows_of_its_request(
     result = vlm.infer(rows)
     assert result.code == "INVALID_ARG" and "input 'max_new_tokens' is 0" in result.message
     assert cancelled_count(stream) == counted + 1
-    stopped = [m for _, m in stream.logs if "the client cancelled; generation stopped after" in m]
-    assert int(stopped[-1].split("after ")[1].split(" ")[0]) < 3000, stopped[-1]
+    assert tokens_at_last_stop(stream) < 3000
 
 
 def test_only_a_live_request_with_a_long_id_can_be_withdrawn(
