@@ -136,7 +136,7 @@ class ChatFront:
             if self._closing:
                 raise RequestError(UNLOADING_MESSAGE, ErrorCode.UNAVAILABLE)
             results = self._generate(request, rows)
-            response = tensors.response(*completion_tensors(results))
+            response = tensors.sent_response(request, completion_tensors(results))
         except RequestError as error:
             response = error_response(error)
         except Exception as exc:

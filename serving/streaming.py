@@ -56,7 +56,7 @@ class Stream:
         """One non-final response; dropped once the stream is finished or cancelled."""
         if self.cancelled():
             return
-        self._sender.send(tensors.response(*output_tensors))
+        self._sender.send(tensors.sent_response(self.request, output_tensors))
         self.sent += 1
 
     def finish(self, output_tensors: Sequence[Any] | None = None) -> None:
@@ -70,7 +70,7 @@ class Stream:
             if self._errors is not None:
                 self._errors.count_cancelled()
         elif output_tensors:
-            self._sender.send(tensors.response(*output_tensors), flags=final)
+            self._sender.send(tensors.sent_response(self.request, output_tensors), flags=final)
             self.sent += 1
         else:
             self._sender.send(flags=final)

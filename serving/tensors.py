@@ -125,5 +125,20 @@ def int_tensor(name: str, values: Sequence[int]) -> Any:
 
 
 def response(*output_tensors: Any) -> Response:
-    """A successful response carrying `output_tensors`."""
+    """A successful response carrying `output_tensors` (to return from `execute()`)."""
     return pb_utils.InferenceResponse(output_tensors=list(output_tensors))
+
+
+def sent_response(request: Request, output_tensors: Sequence[Any]) -> Response:
+    """A successful response for `request`'s response sender: the tensors it asked for only.
+
+    Why only those: tritonserver 2.51's Python backend (python_backend r24.10) drops the
+    outputs a client did not ask for inside `send()`, with the GIL released; a tensor whose
+    last owner was the response is freed there without the GIL, which corrupts the stub's
+    Python heap and kills it later with a segfault (the `llm` front's crash in the hour-long
+    soak; seconds under load in tests/test_sender_pruning_server.py). python_backend r24.12
+    (tritonserver 2.53) takes the GIL there (#390). A returned response is pruned under the
+    GIL and needs no filter.
+    """
+    wanted = request.requested_output_names()
+    return response(*(tensor for tensor in output_tensors if tensor.name() in wanted))
