@@ -124,6 +124,20 @@ def test_outputs_and_their_types(vlm: ModelHarness) -> None:
     assert (reason, completion_tokens) == ("length", 8) and prompt_tokens > 20
 
 
+def test_a_client_asking_for_some_outputs_gets_those_through_the_response_sender(
+    stream: ModelHarness, vlm: ModelHarness, llm: ModelHarness
+) -> None:
+    """Fronts and engine answer through response senders, whose pruning of unrequested
+    outputs kills 2.51's stub (the harness raises ServerCrash): they must send only these."""
+    for front in (vlm, llm):
+        whole = front.infer(chat("Hi"))
+        result = front.infer(chat("Hi"), requested_outputs=["text", "finish_reason"])
+        assert result.error is None and set(result.outputs) == {"text", "finish_reason"}
+        assert result.text("text") == whole.text("text")
+    results = stream.infer(chat("Hi", max_new_tokens=i32(4)), requested_outputs=["text"])
+    assert results[-1].final and all(set(r.outputs) == {"text"} for r in results)
+
+
 def test_batch_with_different_image_counts_equals_one_at_a_time(vlm: ModelHarness) -> None:
     inputs = [
         chat("One picture", image(50, 50, 1)),

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from tests.harness import stub
+from tests.harness.errors import ServerCrash
 from tests.harness.pb_errors import TritonError, TritonModelException
 from tests.harness.pb_tensor import Tensor
 from tests.harness.pybind import CPP_MODULE, as_str, incompatible, is_str_like, make_enum
@@ -135,6 +136,7 @@ class InferenceResponseSender:
                 "Inference Response object must be provided when the response flags is set to zero."
             )
         self._update_state(response, flags)
+        self._prune_unlocked(response)
         self._deliver(response, flags)
 
     def is_cancelled(self) -> bool:
@@ -172,6 +174,22 @@ class InferenceResponseSender:
             if flags == TRITONSERVER_RESPONSE_COMPLETE_FINAL:
                 self._closed = True
             self._sent += 1
+
+    def _prune_unlocked(self, response: InferenceResponse | None) -> None:
+        """ResponseSender::Send prunes unrequested outputs with the GIL released: a tensor
+        freed there corrupts the stub's heap (2.51), so sending one is a crash here."""
+        if response is None or response.has_error():
+            return
+        unrequested = sorted({t.name() for t in response._tensors} - self._requested)
+        if unrequested:
+            crash = ServerCrash(
+                f"a response sent through the response sender carries outputs the request "
+                f"did not ask for ({', '.join(unrequested)}): 2.51's stub drops them in "
+                f"send() without the GIL, freeing their arrays unlocked, and the stub can die "
+                f"later with a segfault; send only requested_output_names()"
+            )
+            stub.current().crashes.append(crash)
+            raise crash
 
     def _deliver(self, response: InferenceResponse | None, flags: int) -> None:
         final = flags == TRITONSERVER_RESPONSE_COMPLETE_FINAL

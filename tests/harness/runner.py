@@ -411,11 +411,17 @@ class ModelHarness:
             self._fail_batch(requests, error)
         deadline = time.monotonic() + (self.response_timeout if timeout is None else timeout)
         for index, request in enumerate(requests):
-            if not request.get_response_sender()._done.wait(max(0.0, deadline - time.monotonic())):
-                raise ClientWouldHang(
-                    f"request {index} got no final response: its client would wait forever "
-                    "(send COMPLETE_FINAL, or return a response, for every request)"
-                )
+            done = request.get_response_sender()._done
+            while not done.wait(0.05):
+                if self.instance.crashes:  # the real stub is dead: no answer is coming
+                    raise self.instance.crashes[0]
+                if time.monotonic() >= deadline:
+                    raise ClientWouldHang(
+                        f"request {index} got no final response: its client would wait "
+                        "forever (send COMPLETE_FINAL, or return a response, for every request)"
+                    )
+        if self.instance.crashes:
+            raise self.instance.crashes[0]
         if self.decoupled:
             return [self._stream(r) for r in requests]
         return [self._unary(i, r) for i, r in enumerate(requests)]

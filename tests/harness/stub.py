@@ -42,6 +42,9 @@ class Instance:
     bls_models: dict[str, Any] = field(default_factory=dict)
     executing: int = 0  # execute() calls (and async execute() coroutines) under way
     serving: bool = False  # initialize() has returned and finalize() has not begun
+    # What would have killed the real stub, raised on any of its threads (a ServerCrash raised
+    # on a worker thread may be swallowed there; the runner raises it to the test).
+    crashes: list[BaseException] = field(default_factory=list)
 
     @property
     def bls_allowed(self) -> bool:
