@@ -4,15 +4,18 @@ execute() receive, how returns, exceptions, senders and streams turn into client
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.harness.errors import ServerCrash
 from tests.harness.runner import (
     ClientWouldHang,
     ModelHarness,
@@ -289,6 +292,26 @@ def test_a_request_never_answered_would_hang_its_client(sender_model: ModelHarne
     sender_model.model.plan = lambda requests: [None for _ in requests]
     with pytest.raises(ClientWouldHang):
         sender_model.execute([sender_model.request(x([1.0]))])
+
+
+def test_an_unrequested_output_sent_from_a_worker_thread_is_a_server_crash(
+    sender_model: ModelHarness,
+) -> None:
+    """2.51's send() frees it without the GIL; the crash reaches the test even when the
+    worker swallows every exception (as a ThreadPoolExecutor future does)."""
+    module = sender_model.module
+
+    def plan(requests):
+        def answer() -> None:
+            with contextlib.suppress(BaseException):
+                requests[0].get_response_sender().send(module.response(), flags=module.F)
+
+        threading.Thread(target=answer).start()
+        return [None]
+
+    sender_model.model.plan = plan
+    with pytest.raises(ServerCrash, match=r"did not ask for \(y\)"):
+        sender_model.execute([sender_model.request(x([1.0]), requested_outputs=["s"])])
 
 
 def test_a_partial_answer_then_a_failure_is_a_protocol_violation(
