@@ -135,8 +135,8 @@ def sent_response(request: Request, output_tensors: Sequence[Any]) -> Response:
     Why only those: tritonserver 2.51's Python backend (python_backend r24.10) drops the
     outputs a client did not ask for inside `send()`, with the GIL released; a tensor whose
     last owner was the response is freed there without the GIL, which corrupts the stub's
-    Python heap and kills it later with a segfault (the `llm` front's crash in the hour-long
-    soak; seconds under load in tests/test_sender_pruning_server.py). python_backend r24.12
+    Python heap and kills it later with a segfault (in seconds under load, for a client that
+    names some outputs: tests/test_sender_pruning_server.py). python_backend r24.12
     (tritonserver 2.53) takes the GIL there (#390). A returned response is pruned under the
     GIL and needs no filter.
     """

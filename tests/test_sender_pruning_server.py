@@ -3,7 +3,7 @@ the client did not ask for kills 2.51's stub, and `serving.tensors.sent_response
 
 The stub drops unrequested outputs inside `send()` with the GIL released (python_backend
 r24.10's `ResponseSender::Send` -> `PruneOutputTensors`), freeing the tensors' arrays without
-the GIL. The `llm` front's stub died that way in the hour-long soak. `pruning_front` is the
+the GIL, for any client that names some of the outputs. `pruning_front` is the chat
 fronts' pattern (worker threads reading BLS streams, answering through the sender) under a
 load that makes the race common: the same load first runs on `sent_response` and must leave
 the stub serving, then on a response with every output, and must kill it (proving that the
