@@ -13,5 +13,6 @@ tested and benchmarked in-process. `tests/test_layers.py` holds the rule.
 - `chat`: the chat engine model (`vlm_stream`); `chat_front`: the unary fronts over it (`vlm`,
   `llm`, no weights of their own); `chat_protocol`: what the two agree on;
 - `tts`: what the TTS models share on the Triton side; `voice`: `voice_chat`'s stages;
+- `bls`: letting go of decoupled BLS calls without killing 2.51's stub;
 - `protocols`: the shapes of the pb_utils objects this package passes around.
 """

@@ -37,6 +37,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from serving import tensors
+from serving.bls import FinishedStreams
 from serving.chat_protocol import (
     CANCEL_ID_CHARS,
     CANCEL_INPUT,
@@ -96,6 +97,7 @@ class ChatFront:
         self._pool = ThreadPoolExecutor(MAX_IN_FLIGHT, thread_name_prefix=f"{self.name}-front")
         self._live: collections.Counter[str] = collections.Counter()
         self._live_lock = threading.Lock()
+        self._streams = FinishedStreams()
         self._closing = False
         pb_utils.Logger.log_info(
             f"{self.name}: ready; a front over {self.engine_model} (its weights, running batch "
@@ -161,15 +163,15 @@ class ChatFront:
             results = [self._read(responses, request, call_id) for responses in calls]
         except RequestError:
             if len(calls) > 1:  # the request's answer is this error: its other rows stop
-                self._withdraw_call(call_id)
+                self._withdraw_call(call_id, request)
             raise
         finally:
             with self._live_lock:
                 self._live[own_id] -= 1
                 if self._live[own_id] <= 0:
                     del self._live[own_id]
-            for responses in calls:  # what a failed or cancelled row left unread
-                collections.deque(responses, 0)
+            # what a failed or cancelled row left unread is read here
+            self._streams.release(calls, request)
         if any(r.finish_reason == "cancelled" for r in results):
             raise cancelled()
         return results
@@ -212,7 +214,7 @@ class ChatFront:
                 )
             pieces.append(_text(response, "text"))
             if not withdrawn and request.is_cancelled():
-                self._withdraw_call(call_id)
+                self._withdraw_call(call_id, request)
                 withdrawn = True
         raise RequestError(
             f"{self.name}: {self.engine_model} ended the stream without its final response",
@@ -238,12 +240,12 @@ class ChatFront:
                     ErrorCode.NOT_FOUND,
                 )
             )
-        self._withdraw_call(target)
+        self._withdraw_call(target, request)
         return tensors.response(*completion_tensors([Completion("", "cancelled", 0, 0)]))
 
-    def _withdraw_call(self, call_id: str) -> None:
-        """Stop the engine's rows of `call_id` at their next token; its answer is not needed
-        (the call may have finished already)."""
+    def _withdraw_call(self, call_id: str, request: Request) -> None:
+        """Stop the engine's rows of `call_id` at their next token, on behalf of `request`;
+        the answer is not needed (the call may have finished already)."""
         withdrawal = self._call(
             {
                 "prompt": np.array([[b""]], np.object_),
@@ -251,7 +253,7 @@ class ChatFront:
             },
             call_id="",
         )
-        collections.deque(withdrawal.exec(decoupled=True), 0)
+        self._streams.release([withdrawal.exec(decoupled=True)], request)
 
 
 def _text(response: Any, name: str) -> str:

@@ -20,7 +20,6 @@ What tritonserver 2.51's BLS does not give, and what is done instead:
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import secrets
 from collections.abc import AsyncGenerator, Mapping, Sequence
@@ -32,6 +31,7 @@ import triton_python_backend_utils as pb_utils
 
 from backends.voice.pipeline import ChatPiece, StageError, converse
 from serving import tensors
+from serving.bls import FinishedStreams
 from serving.errors import ErrorCounter, code_of_message, internal_error, log_exception
 from serving.protocols import Request
 from serving.streaming import Stream
@@ -129,14 +129,9 @@ def _request(
 
 def _withdrawal(model: str, request_id: str) -> Any:
     """The call that cancels the chat call `request_id` by naming it (the chat models'
-    `cancel_id` input): 2.51's BLS cannot cancel a call. Run it with `_drain`; an answer that
-    the call had already finished is fine."""
+    `cancel_id` input): 2.51's BLS cannot cancel a call. Its answer is not needed (the call
+    may have finished already)."""
     return _request(model, {"prompt": _bytes(""), "cancel_id": _bytes(request_id)}, [])
-
-
-def _drain(request: Any) -> None:
-    """Run a BLS call and drop its answer (blocking, for a worker thread)."""
-    collections.deque(request.exec(decoupled=True), 0)
 
 
 def _text(response: Any, name: str) -> str:
@@ -145,10 +140,20 @@ def _text(response: Any, name: str) -> str:
 
 
 class BlsStages:
-    """The pipeline's stages as BLS calls to the configured models."""
+    """The pipeline's stages as BLS calls to the configured models, for `request`."""
 
-    def __init__(self, turn: Turn, settings: Mapping[str, Any]) -> None:
-        self.turn, self.settings = turn, settings
+    def __init__(
+        self,
+        request: Request,
+        turn: Turn,
+        settings: Mapping[str, Any],
+        streams: FinishedStreams,
+    ) -> None:
+        self.request, self.turn, self.settings, self.streams = request, turn, settings, streams
+
+    def _release(self, stream: Any) -> None:
+        """Read the rest of a BLS stream and let it go (blocking, for a worker thread)."""
+        self.streams.release([stream], self.request)
 
     async def transcribe(self) -> str:
         model = self.settings["stt_model"]
@@ -186,12 +191,12 @@ class BlsStages:
             ended = True
         finally:
             if not ended:
-                # Left early (the client cancelled, or speech failed): stop the generation,
-                # and read what is left of the stream (the stub's iterator reads it when it
-                # is freed, blocking), both on worker threads, not on the event loop that
-                # every turn shares.
-                loop.run_in_executor(None, _drain, _withdrawal(model, request_id))
-                loop.run_in_executor(None, collections.deque, responses, 0)
+                # Left early (the client cancelled, or speech failed): stop the generation.
+                withdrawal = _withdrawal(model, request_id)
+                loop.run_in_executor(None, lambda: self._release(withdrawal.exec(decoupled=True)))
+            # What is left of the stream is read, and it is let go, on a worker thread, not
+            # on the event loop that every turn shares.
+            loop.run_in_executor(None, self._release, responses)
 
     async def speak(self, sentence: str) -> bytes:
         model = self.settings["tts_model"]
@@ -231,11 +236,13 @@ class VoiceChatModel:
     name: str
     settings: dict[str, Any]
     errors: ErrorCounter
+    streams: FinishedStreams
 
     def initialize(self, args: dict[str, str]) -> None:
         self.name = args["model_name"]
         self.settings = resolve(self.params, json.loads(args["model_config"]), self.name)
         self.errors = ErrorCounter(self.name)
+        self.streams = FinishedStreams()
         stages = ", ".join(self.settings[f"{s}_model"] for s in ("stt", "chat", "tts"))
         pb_utils.Logger.log_info(f"{self.name}: ready; stages {stages}")
 
@@ -250,7 +257,7 @@ class VoiceChatModel:
                 raise cancelled()
             turn = parse(request, self.settings)
             finish_reason = await converse(
-                BlsStages(turn, self.settings),
+                BlsStages(request, turn, self.settings, self.streams),
                 StreamListener(stream),
                 stream.cancelled,
                 self.settings["max_sentence_chars"],

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from serving.bls import FinishedStreams
 from tests.harness import pb_utils as mock
 from tests.harness.errors import ServerCrash
 from tests.harness.runner import ModelHarness
@@ -168,7 +169,19 @@ def test_bls_exec_reaches_registered_models_once_initialized_and_until_finalize(
         assert missing.has_error() and "Model 'other' is not ready" in missing.error().message()
         harness.bls_models["other"] = lambda r: [pb.InferenceResponse(), pb.InferenceResponse()]
         try:
-            assert len(list(request.exec(decoupled=True))) == 2
+            stream = request.exec(decoupled=True)
+            assert len(list(stream)) == 2
+            FinishedStreams().release(
+                [stream],
+                mock.server_request(
+                    [],
+                    request_id="",
+                    requested=set(),
+                    parameters="{}",
+                    decoupled=False,
+                    model_name="m",
+                ),
+            )
             assert pb.is_model_ready("other") and not pb.is_model_ready("third")
         finally:
             del harness.bls_models["other"]

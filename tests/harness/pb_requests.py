@@ -12,6 +12,7 @@ import asyncio
 import json
 import queue
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -90,10 +91,26 @@ def client_outputs(tensors: Sequence[Tensor]) -> dict[str, np.ndarray]:
 
 
 class _Cancellation:
-    __slots__ = ("cancelled",)
+    """A request's cancelled state; the request and its sender each keep a PbCancel, which
+    answers from its cache once it has seen the request cancelled."""
+
+    __slots__ = ("cancelled", "seen_by")
 
     def __init__(self) -> None:
         self.cancelled = False
+        self.seen_by: set[str] = set()
+
+    def check(self, by: str) -> bool:
+        """PbCancel::IsCancelled for `by` ("request" or "sender")."""
+        if by in self.seen_by:
+            return True
+        cancelled = self.cancelled
+        instance = stub.current_or_none()
+        if instance is not None:
+            instance.stub_to_parent.round_trip()
+        if cancelled:
+            self.seen_by.add(by)
+        return cancelled
 
 
 class InferenceResponseSender:
@@ -140,7 +157,7 @@ class InferenceResponseSender:
         self._deliver(response, flags)
 
     def is_cancelled(self) -> bool:
-        return self._cancel.cancelled
+        return self._cancel.check("sender")
 
     # The server side (not model API): the stub's bookkeeping and what the client receives.
 
@@ -258,21 +275,56 @@ class InferenceTrace:
         return None
 
 
+class _StreamCleanup:
+    """Whether the stub still holds a BLS stream, for the stream's finalizer."""
+
+    __slots__ = ("instance", "place")
+
+    def __init__(self, instance: stub.Instance | None) -> None:
+        self.instance = instance
+        self.place: int | None = None  # in the stub-to-parent queue, once read to its end
+
+    def queue(self) -> None:
+        if self.instance is not None and self.place is None:
+            self.place = self.instance.stub_to_parent.queue_cleanup()
+
+    def let_go(self) -> None:
+        """The model let go of the stream. Before its cleanup was sent, the stub's reference
+        is the last: the stub frees the stream on its own thread, without the GIL."""
+        if self.instance is None or self.place is None:
+            return  # never read to its end: the stub keeps it (a leak, not a crash)
+        if not self.instance.stub_to_parent.sent(self.place):
+            self.instance.crashes.append(
+                ServerCrash(
+                    "a BLS stream (exec(decoupled=True)) was let go after its final response "
+                    "but before the stub had sent its cleanup: 2.51's stub then frees it, "
+                    "with its responses' arrays, on its own thread without the GIL, and can "
+                    "die later with a segfault; let streams go through "
+                    "serving.bls.FinishedStreams (a request.is_cancelled() round trip after "
+                    "the final response)"
+                )
+            )
+
+
 class ResponseIterator:
     """What `InferenceRequest.exec(decoupled=True)` returns: the BLS responses in order.
 
     As in pb_response_iterator.cc: `next()` blocks until the callee sends its next response;
     the one carrying the final flag is the last (an empty one when the callee sent the flag
-    alone); once finished, a new `iter()` starts again from the first response.
+    alone); once finished, a new `iter()` starts again from the first response. Reading the
+    final response queues the stream's cleanup (`stub.StubToParentQueue`); letting go of the
+    stream before the cleanup was sent is a crash, as in the real stub.
     """
 
     __module__ = CPP_MODULE
-    __slots__ = ("_finished", "_index", "_pending", "_responses")
+    __slots__ = ("__weakref__", "_cleanup", "_finished", "_index", "_pending", "_responses")
 
     def __init__(self, responses: Sequence[InferenceResponse] = ()) -> None:
         self._pending: queue.Queue[tuple[InferenceResponse, bool]] = queue.Queue()
         self._responses: list[InferenceResponse] = []
         self._finished, self._index = False, 0
+        self._cleanup = _StreamCleanup(stub.current_or_none())
+        weakref.finalize(self, self._cleanup.let_go)
         for index, response in enumerate(responses):
             self._put(response, index == len(responses) - 1)
 
@@ -295,6 +347,8 @@ class ResponseIterator:
         self._responses.append(response)
         self._finished = last
         self._index = len(self._responses)
+        if last:
+            self._cleanup.queue()
         return response
 
 
@@ -400,7 +454,7 @@ class InferenceRequest:
         return self._sender
 
     def is_cancelled(self) -> bool:
-        return self._cancel.cancelled
+        return self._cancel.check("request")
 
     def set_release_flags(self, flags: Any) -> None:
         if not isinstance(flags, int):

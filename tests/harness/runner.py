@@ -201,6 +201,7 @@ class ModelHarness:
         self._import_depth = 0
         self._execute_lock = threading.Lock()  # one execute() at a time, as in one stub
         self._bls_threads: list[threading.Thread] = []  # this model answering BLS requests
+        self._crash_raised = False  # a crash of the instance has reached the test
 
     # --- what tests read ---------------------------------------------------------------------
 
@@ -285,8 +286,15 @@ class ModelHarness:
     def __enter__(self) -> ModelHarness:
         return self.load()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        """Unload; a crash after the last answer (a stream let go late) reaches the test here."""
         self.finalize()
+        if exc_type is None and self.instance.crashes and not self._crash_raised:
+            self._raise_crash()
+
+    def _raise_crash(self) -> None:
+        self._crash_raised = True
+        raise self.instance.crashes[0]
 
     # --- requests ------------------------------------------------------------------------------
 
@@ -414,14 +422,14 @@ class ModelHarness:
             done = request.get_response_sender()._done
             while not done.wait(0.05):
                 if self.instance.crashes:  # the real stub is dead: no answer is coming
-                    raise self.instance.crashes[0]
+                    self._raise_crash()
                 if time.monotonic() >= deadline:
                     raise ClientWouldHang(
                         f"request {index} got no final response: its client would wait "
                         "forever (send COMPLETE_FINAL, or return a response, for every request)"
                     )
         if self.instance.crashes:
-            raise self.instance.crashes[0]
+            self._raise_crash()
         if self.decoupled:
             return [self._stream(r) for r in requests]
         return [self._unary(i, r) for i, r in enumerate(requests)]

@@ -27,6 +27,38 @@ class LogRecord(NamedTuple):
     message: str
 
 
+class StubToParentQueue:
+    """The stub's stub-to-parent message queue, as far as BLS streams need it.
+
+    One thread sends its messages in order. A decoupled BLS stream read to its end queues a
+    cleanup; sending it erases the stub's own reference to the stream. A cancellation check
+    (`is_cancelled()` not answered from its cache) queues a message and waits for its answer,
+    so every message queued before it has been sent by then. The harness sends nothing else
+    on its own: a cleanup counts as sent only once a later check has come back.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queued = 0
+        self._sent = 0
+
+    def queue_cleanup(self) -> int:
+        """Queue a stream's cleanup; its place in the queue."""
+        with self._lock:
+            self._queued += 1
+            return self._queued
+
+    def round_trip(self) -> None:
+        """A cancellation check came back: everything queued before it was sent."""
+        with self._lock:
+            self._queued += 1
+            self._sent = self._queued
+
+    def sent(self, place: int) -> bool:
+        with self._lock:
+            return place <= self._sent
+
+
 @dataclass
 class Instance:
     """One model instance as its stub sees it."""
@@ -45,6 +77,7 @@ class Instance:
     # What would have killed the real stub, raised on any of its threads (a ServerCrash raised
     # on a worker thread may be swallowed there; the runner raises it to the test).
     crashes: list[BaseException] = field(default_factory=list)
+    stub_to_parent: StubToParentQueue = field(default_factory=StubToParentQueue)
 
     @property
     def bls_allowed(self) -> bool:

@@ -11,6 +11,8 @@ gave, the empty final one included).
   decoupled_over_unary exec() of `contract_decoupled`
   missing              exec() of a model the server does not have
   async                async_exec() of a unary call and a stream, awaited together
+
+Streams are let go through serving.bls.FinishedStreams, as every model must on 2.51.
 """
 
 import asyncio
@@ -18,6 +20,8 @@ import json
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+from serving.bls import FinishedStreams
 
 
 def _strings(*values):
@@ -61,17 +65,20 @@ SCENARIOS = {
     "unary_error": lambda: [_contract("error:INVALID_ARG").exec()],
     "unary_raise": lambda: [_contract("raise").exec()],
     "unary_bad_dtype": lambda: [_contract("echo", np.ones((1, 1), np.float64)).exec()],
-    "stream": lambda: list(_decoupled(3).exec(decoupled=True)),
-    "stream_error": lambda: list(_decoupled(-1).exec(decoupled=True)),
-    "stream_error_mid": lambda: list(_decoupled(1, "error_mid").exec(decoupled=True)),
-    "stream_data_final": lambda: list(_decoupled(2, "data_final").exec(decoupled=True)),
-    "stream_of_unary": lambda: list(_contract("echo").exec(decoupled=True)),
+    "stream": lambda: _decoupled(3).exec(decoupled=True),
+    "stream_error": lambda: _decoupled(-1).exec(decoupled=True),
+    "stream_error_mid": lambda: _decoupled(1, "error_mid").exec(decoupled=True),
+    "stream_data_final": lambda: _decoupled(2, "data_final").exec(decoupled=True),
+    "stream_of_unary": lambda: _contract("echo").exec(decoupled=True),
     "decoupled_over_unary": lambda: [_decoupled(2).exec()],
     "missing": lambda: [_decoupled(1, model="no_such_model").exec()],
 }
 
 
 class TritonPythonModel:
+    def initialize(self, args):
+        self.streams = FinishedStreams()
+
     async def execute(self, requests):
         responses = []
         for request in requests:
@@ -81,8 +88,12 @@ class TritonPythonModel:
                     _contract("echo").async_exec(), _decoupled(2).async_exec(decoupled=True)
                 )
                 got = [unary, *stream]
+                self.streams.release([stream], request)
             else:
-                got = SCENARIOS[mode]()
+                called = SCENARIOS[mode]()
+                got = list(called)
+                if mode.startswith("stream"):
+                    self.streams.release([called], request)
             report = json.dumps([_report(r) for r in got])
             responses.append(
                 pb_utils.InferenceResponse([pb_utils.Tensor("report", _strings(report)[0])])
