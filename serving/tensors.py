@@ -136,7 +136,7 @@ def sent_response(request: Request, output_tensors: Sequence[Any]) -> Response:
     outputs a client did not ask for inside `send()`, with the GIL released; a tensor whose
     last owner was the response is freed there without the GIL, which corrupts the stub's
     Python heap and kills it later with a segfault (in seconds under load, for a client that
-    names some outputs: tests/test_sender_pruning_server.py). python_backend r24.12
+    names some outputs: tests/test_stub_races_server.py). python_backend r24.12
     (tritonserver 2.53) takes the GIL there (#390). A returned response is pruned under the
     GIL and needs no filter.
     """

@@ -1,13 +1,20 @@
-"""On the real tritonserver: a response sent through a response sender that carries outputs
-the client did not ask for kills 2.51's stub, and `serving.tensors.sent_response` does not.
+"""On the real tritonserver: the two races of 2.51's stub that the chat fronts' pattern
+(worker threads reading decoupled BLS streams, answering through the response sender) runs
+into, each killing the stub within minutes under load, and the package's way around each.
 
-The stub drops unrequested outputs inside `send()` with the GIL released (python_backend
-r24.10's `ResponseSender::Send` -> `PruneOutputTensors`), freeing the tensors' arrays without
-the GIL, for any client that names some of the outputs. `pruning_front` is the chat
-fronts' pattern (worker threads reading BLS streams, answering through the sender) under a
-load that makes the race common: the same load first runs on `sent_response` and must leave
-the stub serving, then on a response with every output, and must kill it (proving that the
-load reproduces the crash, so the first half could have failed).
+- A response sent through a response sender that carries outputs the client did not ask
+  for: the stub drops them inside `send()` with the GIL released (python_backend r24.10's
+  `ResponseSender::Send` -> `PruneOutputTensors`), freeing their arrays without the GIL.
+  `serving.tensors.sent_response` sends only the requested outputs.
+- A BLS stream let go before the stub has sent its cleanup: the stub's own reference is then
+  the last, and its stub-to-parent thread frees the stream's responses without the GIL.
+  `serving.bls.FinishedStreams` lets go of a stream only after a cancellation check's round
+  trip has passed its cleanup.
+
+`stub_race_front` runs the pattern in three modes (its config.pbtxt): the safe one must keep
+the stub serving under a load that kills it, within a bound, in each unsafe one (proving the
+load reproduces both races, so the first test could have failed). One server per test: the
+unsafe ones end with a dead stub.
 """
 
 from __future__ import annotations
@@ -24,21 +31,21 @@ import tritonclient.http as httpclient
 from tests.harness.server_fixture import RunningServer, server_fixture
 
 CONTRACT = Path(__file__).parent / "contract_models"
-pruning_server = server_fixture(CONTRACT, ["pruning_engine", "pruning_front"])
+race_server = server_fixture(CONTRACT, ["stub_race_engine", "stub_race_front"], "function")
 
 pytestmark = pytest.mark.server
 
 CLIENTS = 48
-SURVIVES_SECONDS = 45  # the unfiltered stub died after 1-30 s of this load in 10 tries
+SURVIVES_SECONDS = 45
 DIES_WITHIN_SECONDS = 120
 
 
 @dataclass
 class Load:
-    """CLIENTS closed-loop clients asking `pruning_front` for `text` only, until stopped."""
+    """CLIENTS closed-loop clients asking `stub_race_front` for `text` only, until stopped."""
 
     url: str
-    filtered: bool
+    mode: str
     answered: int = 0
     failures: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -48,14 +55,14 @@ class Load:
         client = httpclient.InferenceServerClient(self.url, network_timeout=20)
         inputs = [
             httpclient.InferInput("prompt", [1], "BYTES"),
-            httpclient.InferInput("filtered", [1], "BOOL"),
+            httpclient.InferInput("mode", [1], "BYTES"),
         ]
         inputs[0].set_data_from_numpy(np.array([b"hi"], np.object_))
-        inputs[1].set_data_from_numpy(np.array([self.filtered]))
+        inputs[1].set_data_from_numpy(np.array([self.mode.encode()], np.object_))
         wanted = [httpclient.InferRequestedOutput("text")]
         while not self.stop.is_set():
             try:
-                result = client.infer("pruning_front", inputs, outputs=wanted)
+                result = client.infer("stub_race_front", inputs, outputs=wanted)
                 assert result.as_numpy("text")[0].startswith(b"piece 0 ")
                 assert result.as_numpy("extra0") is None
                 with self.lock:
@@ -78,16 +85,15 @@ class Load:
         return time.monotonic() - start
 
 
-def test_only_requested_outputs_through_the_sender_keep_the_stub_alive(
-    pruning_server: RunningServer,
-) -> None:
-    filtered = Load(pruning_server.http_url, filtered=True)
-    filtered.run(SURVIVES_SECONDS)
-    assert filtered.failures == [] and filtered.answered > 1000, filtered.failures[:3]
+def test_the_fronts_pattern_done_safely_keeps_the_stub_alive(race_server: RunningServer) -> None:
+    safe = Load(race_server.http_url, "safe")
+    safe.run(SURVIVES_SECONDS)
+    assert safe.failures == [] and safe.answered > 1000, safe.failures[:3]
 
-    unfiltered = Load(pruning_server.http_url, filtered=False)
-    ran = unfiltered.run(DIES_WITHIN_SECONDS)
-    assert unfiltered.failures, f"the stub survived {ran:.0f} s: the load no longer reproduces"
-    assert any("not healthy" in f or "timed out" in f for f in unfiltered.failures), (
-        unfiltered.failures[:3]
-    )
+
+@pytest.mark.parametrize("mode", ["unfiltered", "let_go"])
+def test_each_unsafe_step_kills_the_stub(race_server: RunningServer, mode: str) -> None:
+    unsafe = Load(race_server.http_url, mode)
+    ran = unsafe.run(DIES_WITHIN_SECONDS)
+    assert unsafe.failures, f"the stub survived {ran:.0f} s: the load no longer reproduces"
+    assert any("not healthy" in f or "timed out" in f for f in unsafe.failures), unsafe.failures[:3]
