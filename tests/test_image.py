@@ -39,6 +39,7 @@ from tools.container.__main__ import (
     healthcheck,
     server_args,
 )
+from tools.container.watchdog import EXIT_RESTART
 from tools.local_server import free_port
 
 RECIPE = (ROOT / "Dockerfile.triton").read_text(encoding="utf-8")
@@ -219,16 +220,24 @@ STAND_IN = textwrap.dedent(
 )
 
 
-def supervisor(log: Path, crash: str = "") -> subprocess.Popen[bytes]:
-    """`python -m tools.container serve`'s supervise() with the two stand-ins."""
+def supervisor(log: Path, crash: str = "", restart: bool = False) -> subprocess.Popen[bytes]:
+    """`python -m tools.container serve`'s supervise() with the two stand-ins; `restart`: a
+    watchdog whose first look finds a server only a restart mends."""
     code = textwrap.dedent(
         f"""
         import sys
         from tools.container.__main__ import supervise
+        from tools.container.watchdog import RestartNeeded
+        class Guard:
+            def log(self, message):
+                print(message, flush=True)
+            def check(self):
+                raise RestartNeeded("a caller lost a stub")
         stand_in = [sys.executable, "-c", {STAND_IN!r}]
         triton = stand_in + ["triton", {str(log)!r}, "1.0", {str(crash == "triton")!r}[0] == "T" and "1" or "0"]
         door = stand_in + ["door", {str(log)!r}, "0.5", {str(crash == "door")!r}[0] == "T" and "1" or "0"]
-        sys.exit(supervise(triton, door, {{}}, grace=10))
+        watchdog = (lambda pid: Guard()) if {restart!r} else (lambda pid: None)
+        sys.exit(supervise(triton, door, {{}}, grace=10, watchdog=watchdog, interval=1.0))
         """
     )
     return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env={**os.environ})
@@ -263,6 +272,15 @@ def test_one_ending_by_itself_ends_the_other_and_the_container_fails(
     assert process.wait(timeout=30) == 3
     survivor = "door" if crash == "triton" else "triton"
     assert f"{survivor} stopped" in events(log, 3)
+
+
+def test_a_server_only_a_restart_mends_ends_both_with_the_restart_status(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "events"
+    process = supervisor(log, restart=True)
+    assert process.wait(timeout=30) == EXIT_RESTART
+    assert events(log, 4)[2:] == ["door stopped", "triton stopped"]
 
 
 class Health(http.server.BaseHTTPRequestHandler):

@@ -6,7 +6,9 @@ supervisor: `docker stop`'s SIGTERM stops the door first (it drains its own requ
 are Triton's requests too), then tritonserver, which answers what is in flight (up to
 EXIT_TIMEOUT seconds) and exits; either one ending on its own ends the other and the
 container with its exit code. Meanwhile its watchdog (tools/container/watchdog.py) reloads a
-model whose stub process died, which Triton itself neither notices nor repairs. Settings come
+model whose stub process died, which Triton itself neither notices nor repairs, and ends both
+with status 75 when a model that calls others lost one (its callees may be wedged: only a new
+server mends them, so the orchestrator is to restart the container). Settings come
 from the environment, the same names ./scripts/serve reads (docs/deployment.md):
 
   PORT_HTTP, PORT_GRPC, PORT_METRICS   8000, 8001, 8002
@@ -40,7 +42,7 @@ from pathlib import Path
 
 from openai_api.settings import ALL_MODELS as DOOR_MODELS
 from tools.container.repository import with_engines
-from tools.container.watchdog import Watchdog
+from tools.container.watchdog import EXIT_RESTART, RestartNeeded, Watchdog
 
 PROFILES = ("production", "development")
 #: What production hides behind the admin key: loading and unloading models, registering
@@ -161,8 +163,10 @@ def supervise(
     """Run tritonserver (and the door) until a signal or until one of them ends; stop both.
 
     `watchdog` makes the watchdog for the server's PID; it looks every `interval` seconds on a
-    thread of its own, so that a reload that takes a while never delays a stop."""
+    thread of its own, so that a reload that takes a while never delays a stop. When it finds
+    a server only a restart mends, both are stopped and the status is EXIT_RESTART."""
     stop = threading.Event()
+    restart = threading.Event()
 
     def on_signal(_signum: int, _frame: object) -> None:
         stop.set()
@@ -171,7 +175,12 @@ def supervise(
         while not stop.wait(interval):
             # Not up yet, or busy loading: look again next time.
             with contextlib.suppress(urllib.error.URLError, OSError, KeyError, ValueError):
-                guard.check()
+                try:
+                    guard.check()
+                except RestartNeeded as exc:
+                    guard.log(str(exc))
+                    restart.set()
+                    stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -187,6 +196,8 @@ def supervise(
     stop.set()  # ends the watchdog's loop
     door_code = _end(front, DOOR_GRACE_SECONDS) if front is not None else 0
     server_code = _end(server, grace + 5)
+    if restart.is_set():
+        return EXIT_RESTART
     if stopped:
         return server_code
     # One of them ended by itself: the container fails with the first non-zero code.

@@ -9,6 +9,17 @@ live stubs than its config's instances, the watchdog unloads it (it stops being 
 the model's ready endpoint, and the server's under --strict-readiness, say so to a load
 balancer) and loads it again through the repository API, which starts fresh stubs.
 
+One case a reload cannot mend: a model that calls other models over BLS (a setting ending in
+`_model` names them, as the chat fronts' `engine_model` and voice_chat's stages). 2.51 hands
+a decoupled callee's response to its caller's stub and waits for the stub's acknowledgement
+with no timeout (python_backend r24.10, `SendBLSDecoupledResponse`): with the caller's stub
+dead, the callee's sends never return, its running batch stops, and it cannot be unloaded
+either (the unload waits for the same threads). The second 60-minute soak saw the chat engine
+stop answering after a front's stub died. So when such a caller loses a stub while its
+callees are loaded, the watchdog raises `RestartNeeded`, and the entry point ends the server
+with EXIT_RESTART for the orchestrator to start it again (Kubernetes restarts the container;
+compose's `restart: unless-stopped` too).
+
 The image's entry point runs it beside tritonserver (WATCHDOG_INTERVAL seconds between looks,
 2 by default, 0 turns it off); in the production profile it carries the admin key that the
 repository API requires.
@@ -26,6 +37,12 @@ from pathlib import Path
 from typing import Any
 
 STUB = "triton_python_backend_stub"
+#: The entry point's exit status when the server must be started again (EX_TEMPFAIL).
+EXIT_RESTART = 75
+
+
+class RestartNeeded(Exception):
+    """A model that calls others lost a stub: only a new server unwedges its callees."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +89,7 @@ class Watchdog:
     server_pid: int
     headers: dict[str, str] = field(default_factory=dict)  # the admin key, in production
     log: Callable[[str], None] = print
-    _instances: dict[str, int] = field(default_factory=dict)
+    _configs: dict[str, Any] = field(default_factory=dict)
 
     def _call(self, path: str, body: dict[str, Any] | None = None) -> Any:
         request = urllib.request.Request(
@@ -89,17 +106,38 @@ class Watchdog:
         index = self._call("/v2/repository/index", {"ready": True})
         return sorted({m["name"] for m in index if m.get("state") == "READY"})
 
+    def _config(self, model: str) -> Any:
+        if model not in self._configs:
+            self._configs[model] = self._call(f"/v2/models/{model}/config")
+        return self._configs[model]
+
     def instances(self, model: str) -> int:
         """How many stubs `model` runs: the sum of its instance groups' counts."""
-        if model not in self._instances:
-            config = self._call(f"/v2/models/{model}/config")
-            self._instances[model] = sum(g.get("count", 1) for g in config["instance_group"])
-        return self._instances[model]
+        return sum(g.get("count", 1) for g in self._config(model)["instance_group"])
+
+    def callees(self, model: str) -> set[str]:
+        """The models `model` calls over BLS: the values of its settings ending in `_model`."""
+        parameters = self._config(model).get("parameters", {})
+        return {
+            value["string_value"]
+            for key, value in parameters.items()
+            if key.endswith("_model") and value.get("string_value")
+        }
 
     def check(self) -> list[str]:
-        """One look; the models it reloaded."""
+        """One look; the models it reloaded. Raises RestartNeeded (see the module docstring)."""
         live = Counter(stub.model for stub in stubs(self.server_pid))
-        broken = [m for m in self.ready_models() if live[m] < self.instances(m)]
+        ready = self.ready_models()
+        broken = [m for m in ready if live[m] < self.instances(m)]
+        for model in broken:
+            stuck = sorted(self.callees(model) & set(ready))
+            if stuck:
+                raise RestartNeeded(
+                    f"watchdog: {model} has {live[model]} of {self.instances(model)} stub "
+                    f"processes alive, and it calls {', '.join(stuck)}: tritonserver 2.51 can "
+                    "leave those waiting for the dead stub for good, and cannot unload them; "
+                    f"ending the server (exit status {EXIT_RESTART}) for it to be restarted"
+                )
         for model in broken:
             self.recover(model, live[model])
         return broken
@@ -111,6 +149,6 @@ class Watchdog:
             "unloading it (not ready) and loading it again"
         )
         self._call(f"/v2/repository/models/{model}/unload", {})
-        self._instances.pop(model, None)
+        self._configs.pop(model, None)
         self._call(f"/v2/repository/models/{model}/load", {})
         self.log(f"watchdog: {model} is serving again ({time.monotonic() - started:.1f} s)")
