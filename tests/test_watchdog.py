@@ -4,7 +4,8 @@ Triton 2.51 by itself keeps reporting a model READY after one of its stub proces
 killed (the first assertion shows it). The watchdog (tools/container/watchdog.py, which the
 image's entry point runs every WATCHDOG_INTERVAL seconds) sees the missing stub, takes the
 model down (its ready endpoint answers 400, the server's strict readiness follows) and loads
-it again, while the other models keep serving.
+it again, while the other models keep serving. A model that calls others over BLS (the chat
+fronts) asks for a server restart instead.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from tests import speech
+from tests.conftest import start_server
 from tests.served import model_ready, speak, transcribe
-from tools.container.watchdog import Watchdog, stubs
+from tools.container.watchdog import RestartNeeded, Watchdog, stubs
 from tools.local_server import LocalTritonServer
 
 pytestmark = pytest.mark.server
@@ -70,3 +73,29 @@ def test_a_killed_stub_takes_its_model_down_and_the_watchdog_brings_it_back(
     for _ in range(4):
         assert len(speak(server, "Back again.")) > 1000
     assert watchdog.check() == []
+
+
+def test_a_front_that_lost_its_stub_asks_for_a_restart(
+    tmp_path_factory: pytest.TempPathFactory, model_store: Path
+) -> None:
+    """`llm` calls `vlm_stream` over BLS: 2.51 can leave the engine waiting for the dead
+    front's stub for good (docs/reliability.md), which no reload mends."""
+    server = start_server(
+        tmp_path_factory, ["llm"], env={"MODEL_STORE": str(model_store)}, local=True
+    )
+    try:
+        assert server.process is not None
+        pid = server.process.pid
+        watchdog = Watchdog(server.http_url, pid, log=lambda _m: None)
+        assert watchdog.check() == []
+        (front,) = (s for s in stubs(pid) if s.model == "llm")
+        os.kill(front.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while any(s.pid == front.pid for s in stubs(pid)):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        with pytest.raises(RestartNeeded, match="llm has 0 of 1 stub processes alive, and it "):
+            watchdog.check()
+        assert model_ready(server, "llm")  # untouched: the entry point ends the server instead
+    finally:
+        server.stop()
