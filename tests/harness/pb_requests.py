@@ -319,11 +319,15 @@ class ResponseIterator:
     __module__ = CPP_MODULE
     __slots__ = ("__weakref__", "_cleanup", "_finished", "_index", "_pending", "_responses")
 
-    def __init__(self, responses: Sequence[InferenceResponse] = ()) -> None:
+    def __init__(
+        self, responses: Sequence[InferenceResponse] = (), *, stub_held: bool = True
+    ) -> None:
+        """`stub_held=False`: the harness's own carrier of a unary BLS answer, which the
+        real stub holds in no map (so nothing to clean up)."""
         self._pending: queue.Queue[tuple[InferenceResponse, bool]] = queue.Queue()
         self._responses: list[InferenceResponse] = []
         self._finished, self._index = False, 0
-        self._cleanup = _StreamCleanup(stub.current_or_none())
+        self._cleanup = _StreamCleanup(stub.current_or_none() if stub_held else None)
         weakref.finalize(self, self._cleanup.let_go)
         for index, response in enumerate(responses):
             self._put(response, index == len(responses) - 1)

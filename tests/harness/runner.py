@@ -375,7 +375,7 @@ class ModelHarness:
             )
         except ServerRejected as exc:
             return refused(exc.message)
-        responses = mock.ResponseIterator()
+        responses = mock.ResponseIterator(stub_held=decoupled)
 
         def arrived(delivery: Any) -> None:
             if delivery.final or delivery.error is None or not self.decoupled:
