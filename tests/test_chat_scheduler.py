@@ -374,3 +374,65 @@ def test_a_long_prompt_cancelled_while_it_passes_costs_at_most_one_more_chunk(
     result = completion(submit(chunky, LONG, sink))
     assert result.finish_reason == "cancelled" and result.completion_tokens == 0
     assert chunks == [0]
+
+
+# --- images pass a tile at a time -----------------------------------------------------------
+
+# Two 128x96 pictures: the tiny SmolVLM splits each into 2x2 tiles of 64 and a global one.
+PICTURES = ChatRequest(
+    "Compare these.", images=(image(128, 96, 1), image(96, 128, 2)), max_new_tokens=6
+)
+
+
+def tile_events(
+    service: ChatService, monkeypatch: pytest.MonkeyPatch, on_tile: Any = None
+) -> list[str]:
+    """ "tile" per tile through the vision tower, "step" per decoding step, in order."""
+    events: list[str] = []
+    # The inner model's: what the whole pass calls too.
+    model, decoder = service.engine.model.model, service.engine.fused
+    assert decoder is not None
+    encode, step = model.get_image_features, decoder.step
+
+    def tiles(pixel_values: Any, *args: Any, **kwargs: Any) -> Any:
+        events.extend(["tile"] * int(pixel_values.shape[1]))
+        if on_tile is not None:
+            on_tile()
+        return encode(pixel_values, *args, **kwargs)
+
+    def stepped(tokens: Any, state: Any) -> Any:
+        events.append("step")
+        return step(tokens, state)
+
+    monkeypatch.setattr(model, "get_image_features", tiles)
+    monkeypatch.setattr(decoder, "step", stepped)
+    return events
+
+
+def test_an_image_prompt_passes_a_tile_between_steps_and_decodes_as_alone(
+    tiny: ChatService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alone = tiny.run([tiny.prepare(PICTURES)])[0]
+    events = tile_events(tiny, monkeypatch)
+    running = submit(tiny, ChatRequest("Hi", max_new_tokens=200), Sink(wake_at=2))
+    pictures = submit(tiny, PICTURES)
+    assert completion(pictures).token_ids == alone.token_ids
+    completion(running)
+    tiles = [i for i, event in enumerate(events) if event == "tile"]
+    assert len(tiles) == 10, events  # two pictures of 5 tiles, each through the tower once
+    # A decoding step after every tile: the running row never waited for all the images.
+    assert all(events[i + 1] == "step" for i in tiles), events
+
+
+def test_an_image_prompt_cancelled_while_its_images_pass_costs_at_most_one_more_tile(
+    tiny: ChatService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = Sink()
+
+    def leave() -> None:
+        sink.cancel_after = 0  # the client leaves during the first tile
+
+    events = tile_events(tiny, monkeypatch, on_tile=leave)
+    result = completion(submit(tiny, PICTURES, sink))
+    assert result.finish_reason == "cancelled" and result.completion_tokens == 0
+    assert events == ["tile"]

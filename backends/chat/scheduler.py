@@ -11,11 +11,13 @@ The loop, between two decoding steps:
 1. **admit**: waiting jobs, in arrival order, while the limits allow (`BatchLimits`: rows in
    flight, key/value slots, prompt tokens per admission); a job whose client already left is
    answered `cancelled` without any work;
-2. **prompt pass** of the admitted jobs as one left-padded batch (images included), which
-   gives each its first token; the rows still going join the running `DecodeState`. A
-   text-only prompt longer than `max_prefill_tokens` passes in chunks of that many tokens,
-   one chunk between two decoding steps (`ChunkedPrefill`), so the rows decoding wait for at
-   most one chunk, and a request cancelled meanwhile costs at most the chunk under way;
+2. **prompt pass** of the admitted jobs as one left-padded batch, which gives each its first
+   token; the rows still going join the running `DecodeState`. A prompt that is costly to
+   pass passes alone, in stages, one stage between two decoding steps: a prompt with images
+   its images a tile per stage, then its text (`TiledImages`); a text-only prompt longer than
+   `max_prefill_tokens` chunks of that many tokens (`ChunkedPrefill`). So the rows decoding
+   wait for at most one stage, and a request cancelled meanwhile costs at most the stage
+   under way;
 3. **step**: one fused decoding step for every running row; each row then takes its token
    through its own sampler and tracker (sampling options, seed, stop strings,
    `max_new_tokens`, cancellation, as in a static batch: `backends.chat.sampling`), and a
@@ -54,7 +56,7 @@ from typing import TypeVar
 import torch
 
 from backends.chat.decode import DecodeState, FusedDecoder
-from backends.chat.engine import ChunkedPrefill, EngineRow, VlmEngine
+from backends.chat.engine import EngineRow, PromptStages, VlmEngine
 from backends.chat.sampling import RowSampler, RowSink, RowTracker
 from shared.chat import Completion
 
@@ -91,8 +93,9 @@ class BatchLimits:
     `max_tokens` bounds the key/value buffers: rows x allocated columns (each row's columns
     hold its prompt, its left padding and room for its remaining tokens). `max_prefill_tokens`
     bounds the prompt tokens of one admission, so the rows decoding wait for at most one such
-    prompt pass between two steps: a longer text-only prompt passes in chunks of that size; a
-    longer prompt with images (its images must pass whole) is admitted alone.
+    prompt pass between two steps: a longer text-only prompt passes in chunks of that size.
+    A prompt with images passes alone, a tile at a time (`TiledImages`); where the
+    checkpoint's image layout does not allow that, whole, and alone if it is longer.
     """
 
     max_rows: int
@@ -138,7 +141,7 @@ class Scheduler:
         self._rows: list[_Row] = []
         self._state: DecodeState | None = None
         self._tokens: torch.Tensor | None = None  # each running row's next input token
-        self._prefilling: tuple[Job, ChunkedPrefill] | None = None  # a long prompt, chunk-wise
+        self._prefilling: tuple[Job, PromptStages] | None = None  # a prompt passing in stages
         self._wake = threading.Condition()
         self._closed = False
         self._ready = threading.Event()
@@ -243,42 +246,37 @@ class Scheduler:
                 if job.sink is not None and job.sink.cancelled():
                     gone.append(self._waiting.popleft())
                     continue
-                chunked = self._chunked(job)
-                if (chunked and (arrivals or self._prefilling)) or not self._fits([*arrivals, job]):
+                staged = self._staged(job)
+                if (staged and (arrivals or self._prefilling)) or not self._fits([*arrivals, job]):
                     break
                 arrivals.append(self._waiting.popleft())
-                if chunked:
+                if staged:
                     break
         for job in gone:
             _cancelled(job)
-        if len(arrivals) == 1 and self._chunked(arrivals[0]):
+        if len(arrivals) == 1 and self._staged(arrivals[0]):
             job = arrivals[0]
             job.admitted = time.perf_counter()
-            chunks = self.engine.chunked_prefill(
+            stages = self.engine.staged_prefill(
                 job.row.encoded, job.row.sampling.max_new_tokens, self.limits.max_prefill_tokens
             )
-            self._prefilling = (job, chunks)
+            self._prefilling = (job, stages)
         elif arrivals:
             self._prefill(arrivals)
 
-    def _chunked(self, job: Job) -> bool:
-        """Whether `job`'s prompt passes in chunks: text only, and longer than one."""
-        encoded = job.row.encoded
-        return (
-            encoded.prompt_tokens > self.limits.max_prefill_tokens
-            and "pixel_values" not in encoded.inputs
-        )
+    def _staged(self, job: Job) -> bool:
+        return self.engine.staged(job.row.encoded, self.limits.max_prefill_tokens)
 
     def _advance_prefill(self) -> None:
-        """One chunk of the long prompt under way; at its end, the row joins."""
+        """One stage of the prompt under way; after its last, the row joins."""
         assert self._prefilling is not None
-        job, chunks = self._prefilling
+        job, stages = self._prefilling
         if job.sink is not None and job.sink.cancelled():
             self._prefilling = None
             _cancelled(job)
             return
         try:
-            result = chunks.advance()
+            result = stages.advance()
         except Exception as exc:
             self._prefilling = None
             _call(job.failed, exc)

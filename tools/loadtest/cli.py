@@ -16,6 +16,7 @@
   fast-default  the shipped dtype=auto against float32 per model, in-process: speed, quality
   soak          mixed valid and hostile load on every model for minutes: errors, latency, RSS
   chat-memory   the chat models' memory: one engine behind three names vs. an engine per name
+  cancelled-images  a request's wait behind image streams whose clients cancelled
   build-peers   build llama-server, its GGUF and the CTranslate2 venv (never in CI)
 
 `run` needs a server, and is what runs when no command is named (scripts/loadtest -m stt);
@@ -36,6 +37,7 @@ from . import (
     baseline,
     benchmarks,
     build_peers,
+    cancelled,
     chat_memory,
     door,
     fast_default,
@@ -80,6 +82,7 @@ BENCHMARKS = (
     ("fast-default", fast_default),
     ("soak", soak),
     ("chat-memory", chat_memory),
+    ("cancelled-images", cancelled),
     ("build-peers", build_peers),
 )
 HANDLERS: dict[str, Handler] = {
