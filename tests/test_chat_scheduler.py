@@ -436,3 +436,30 @@ def test_an_image_prompt_cancelled_while_its_images_pass_costs_at_most_one_more_
     result = completion(submit(tiny, PICTURES, sink))
     assert result.finish_reason == "cancelled" and result.completion_tokens == 0
     assert events == ["tile"]
+
+
+def test_a_long_image_prompt_passes_its_tiles_then_its_text_in_chunks_as_alone(
+    chunky: ChatService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from backends.chat.engine import ChunkedPrefill
+
+    request = ChatRequest(LONG.prompt, images=(image(128, 96, 1),), max_new_tokens=6)
+    encoded = chunky.prepare(request).engine_row
+    assert encoded is not None and encoded.encoded.prompt_tokens > 3 * CHUNK
+    alone = chunky.run([chunky.prepare(request)])[0]
+    events = tile_events(chunky, monkeypatch)
+    advance = ChunkedPrefill.advance
+
+    def chunk(self: ChunkedPrefill) -> Any:
+        events.append("chunk")
+        return advance(self)
+
+    monkeypatch.setattr(ChunkedPrefill, "advance", chunk)
+    running = submit(chunky, ChatRequest("Hi", max_new_tokens=200), Sink(wake_at=2))
+    assert completion(submit(chunky, request)).token_ids == alone.token_ids
+    completion(running)
+    staged = [event for event in events if event != "step"]
+    chunks = -(-encoded.encoded.prompt_tokens // CHUNK)
+    assert staged == ["tile"] * 5 + ["chunk"] * chunks, events
+    stages = [i for i, event in enumerate(events) if event != "step"]
+    assert all(events[i + 1] == "step" for i in stages[:-1]), events

@@ -340,13 +340,12 @@ class VlmEngine:
         a prompt with images, else `ChunkedPrefill` of `chunk` tokens."""
         batch, _ = self._collate([row])
         if "pixel_values" in batch:
-            return TiledImages(self, batch, room)
+            return TiledImages(self.model, batch, room, chunk)
         return ChunkedPrefill(self.model, batch, room, chunk)
 
     def _prompt_pass(
-        self, batch: dict[str, torch.Tensor], room: int, **images: Any
+        self, batch: dict[str, torch.Tensor], room: int
     ) -> tuple[torch.Tensor, DecodeState]:
-        """`images`: `mm_encoder_outputs` already computed (`TiledImages`), if any."""
         from transformers import DynamicCache
 
         mask = batch["attention_mask"]
@@ -354,12 +353,7 @@ class VlmEngine:
         positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
         cache = DynamicCache(config=self.model.config.get_text_config())
         output = self.model(
-            **batch,
-            **images,
-            past_key_values=cache,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
+            **batch, past_key_values=cache, position_ids=positions, use_cache=True, logits_to_keep=1
         )
         logits = output.logits[:, -1].float()
         del output
@@ -404,25 +398,28 @@ class PromptStages(Protocol):
 
 class TiledImages:
     """An image prompt's pass: its images through the vision tower one tile per `advance()`,
-    then the text pass over the features (`mm_encoder_outputs`).
+    then its text, with the images' features in place of their tokens, in chunks
+    (`ChunkedPrefill`).
 
     Why: the vision tower is most of an image prompt's cost (SmolVLM's, on 2 cores: 1.1 s a
     512-pixel tile, against about 0.1 s for the text of a short prompt), and tiles gain
     nothing from passing together (measured: 1.10 s alone, 1.20 s each in eight). Tile by
     tile, the rows decoding get a step between two tiles, and a request cancelled meanwhile
     costs at most the tile under way. The tower sees each tile on its own in the whole pass
-    too, so the features are the same (measured identical to the bit in float32).
+    too, so the features are the same (measured identical to the bit in float32), and they
+    take the places of the image tokens as the model's own forward puts them.
 
     For the row-major layout (Idefics3, SmolVLM: `pixel_attention_mask`); the other layouts
     pass their images whole (`VlmEngine.staged`).
     """
 
-    def __init__(self, engine: VlmEngine, batch: dict[str, torch.Tensor], room: int) -> None:
-        self._engine, self._room = engine, room
+    def __init__(self, model: Any, batch: dict[str, torch.Tensor], room: int, chunk: int) -> None:
+        self._model, self._room, self._chunk = model, room, chunk
         self._pixels = batch.pop("pixel_values")
         self._pixel_mask = batch.pop(_ROW_MAJOR_MASK)
         self._text = batch
         self._features: list[torch.Tensor] = []
+        self._text_pass: ChunkedPrefill | None = None
         self.done = 0  # tiles through the tower so far
 
     @property
@@ -430,40 +427,62 @@ class TiledImages:
         return int(self._pixels.shape[1])
 
     def advance(self) -> tuple[torch.Tensor, DecodeState] | None:
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
-
         if self.done < self.tiles:
             tile = slice(self.done, self.done + 1)
             with torch.inference_mode():
-                output = self._engine.model.get_image_features(
+                output = self._model.get_image_features(
                     self._pixels[:, tile], self._pixel_mask[:, tile], return_dict=True
                 )
             self._features.extend(output.pooler_output)
             self.done += 1
             return None
-        # One tensor per row, as `get_image_features` makes it (typed as one tensor upstream).
-        rows: Any = [torch.cat(self._features)]
-        features = BaseModelOutputWithPooling(pooler_output=rows)
-        with torch.inference_mode():
-            return self._engine._prompt_pass(
-                self._text, self._room, mm_encoder_outputs={"image": features}
+        if self._text_pass is None:
+            embeds = self._embeddings()
+            self._text_pass = ChunkedPrefill(
+                self._model, self._text, self._room, self._chunk, embeds=embeds
             )
+        return self._text_pass.advance()
+
+    def _embeddings(self) -> torch.Tensor:
+        """The prompt's token embeddings with the images' features at their image tokens."""
+        ids = self._text["input_ids"]
+        with torch.inference_mode():
+            embeds = self._model.get_input_embeddings()(ids)
+        features = torch.cat(self._features).to(embeds.dtype)
+        places = (ids == self._model.config.image_token_id).unsqueeze(-1)
+        if int(places.sum()) * embeds.shape[-1] != features.numel():
+            raise ValueError(
+                f"the images gave {features.shape[0]} feature vectors for "
+                f"{int(places.sum())} image tokens"
+            )
+        return embeds.masked_scatter(places, features)
 
 
 class ChunkedPrefill:
-    """A long text-only prompt's pass, a chunk of tokens per `advance()`, through the model's
-    own forward with its cache (as `generate()` continues a prompt).
+    """A long prompt's pass, a chunk of tokens per `advance()`, through the model's own forward
+    with its cache (as `generate()` continues a prompt); the text of an image prompt passes so
+    too, as embeddings (`TiledImages`).
 
     Why: a prompt pass of thousands of tokens takes seconds on a CPU, and rows that are
     decoding would wait for all of it; in chunks, continuous batching runs a decoding step
     between two chunks, and a request cancelled meanwhile costs at most the chunk under way.
     """
 
-    def __init__(self, model: Any, batch: dict[str, torch.Tensor], room: int, chunk: int) -> None:
+    def __init__(
+        self,
+        model: Any,
+        batch: dict[str, torch.Tensor],
+        room: int,
+        chunk: int,
+        embeds: torch.Tensor | None = None,
+    ) -> None:
+        """`embeds`: the prompt as embeddings (`TiledImages`), else its `input_ids` pass."""
         from transformers import DynamicCache
 
         self._model, self._room, self._chunk = model, room, chunk
-        self._ids = batch["input_ids"]
+        self._input = (
+            ("input_ids", batch["input_ids"]) if embeds is None else ("inputs_embeds", embeds)
+        )
         self._mask = batch["attention_mask"]
         self._positions = (self._mask.long().cumsum(-1) - 1).masked_fill(self._mask == 0, 0)
         self._cache = DynamicCache(config=model.config.get_text_config())
@@ -471,14 +490,14 @@ class ChunkedPrefill:
 
     @property
     def length(self) -> int:
-        return int(self._ids.shape[1])
+        return int(self._mask.shape[1])
 
     def advance(self) -> tuple[torch.Tensor, DecodeState] | None:
         """One more chunk; at the last, the first-token logits and the decoding state."""
         start, end = self.done, min(self.done + self._chunk, self.length)
         with torch.inference_mode():
             output = self._model(
-                input_ids=self._ids[:, start:end],
+                **{self._input[0]: self._input[1][:, start:end]},
                 attention_mask=self._mask[:, :end],
                 position_ids=self._positions[:, start:end],
                 past_key_values=self._cache,

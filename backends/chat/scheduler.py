@@ -14,8 +14,8 @@ The loop, between two decoding steps:
 2. **prompt pass** of the admitted jobs as one left-padded batch, which gives each its first
    token; the rows still going join the running `DecodeState`. A prompt that is costly to
    pass passes alone, in stages, one stage between two decoding steps: a prompt with images
-   its images a tile per stage, then its text (`TiledImages`); a text-only prompt longer than
-   `max_prefill_tokens` chunks of that many tokens (`ChunkedPrefill`). So the rows decoding
+   its images a tile per stage, then its text (`TiledImages`); the text of a prompt longer
+   than `max_prefill_tokens` chunks of that many tokens (`ChunkedPrefill`). So the rows decoding
    wait for at most one stage, and a request cancelled meanwhile costs at most the stage
    under way;
 3. **step**: one fused decoding step for every running row; each row then takes its token
@@ -93,9 +93,10 @@ class BatchLimits:
     `max_tokens` bounds the key/value buffers: rows x allocated columns (each row's columns
     hold its prompt, its left padding and room for its remaining tokens). `max_prefill_tokens`
     bounds the prompt tokens of one admission, so the rows decoding wait for at most one such
-    prompt pass between two steps: a longer text-only prompt passes in chunks of that size.
-    A prompt with images passes alone, a tile at a time (`TiledImages`); where the
-    checkpoint's image layout does not allow that, whole, and alone if it is longer.
+    prompt pass between two steps: a longer prompt passes alone, in chunks of that size.
+    A prompt with images passes alone, a tile at a time, then its text in chunks
+    (`TiledImages`); where the checkpoint's image layout does not allow that, whole, and
+    alone if it is longer.
     """
 
     max_rows: int
