@@ -12,6 +12,7 @@ import io
 import json
 import shutil
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -742,3 +743,29 @@ def test_chat_memory_gives_each_front_an_engine_of_its_own(tmp_path: Path) -> No
         "llm_engine",
         "llm",
     ]
+
+
+def test_staggered_clients_start_apart_and_streams_keep_each_responses_time() -> None:
+    """Client k's first request leaves k x stagger after the first client's; a streamed
+    answer's response times are the request's timing (its first piece is what a streaming
+    client waits for)."""
+
+    class Streams:
+        def __init__(self) -> None:
+            self.first_send: dict[int, float] = {}
+
+        async def send(self, index: int) -> loadgen.Answer:
+            self.first_send.setdefault(index, time.monotonic())
+            first = time.monotonic_ns()
+            await asyncio.sleep(0.5)  # busy until every client has started
+            return loadgen.Answer("ab", 2, (first, time.monotonic_ns()))
+
+        async def close(self) -> None:
+            pass
+
+    target = Streams()
+    level = asyncio.run(loadgen.closed_loop(target, 3, 3, 3, stagger_s=0.1))
+    starts = [target.first_send[i] for i in range(3)]
+    assert starts[1] - starts[0] >= 0.1 - 0.005 and starts[2] - starts[0] >= 0.2 - 0.005
+    assert all(len(t.responses_ns) == 2 for t in level.timings)
+    assert all(0 < t.first_response_ms < t.latency_ms for t in level.timings)

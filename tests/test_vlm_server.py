@@ -229,3 +229,30 @@ def test_cancelling_a_stream_stops_generation(vlm_server: LocalTritonServer) -> 
     ((pieces, final),) = stream_results(vlm_server, [arrays("Hi", max_new_tokens=4)])
     _, reason, _, tokens = answer(final)
     assert (reason, tokens) == ("length", 4) and pieces
+
+
+def test_the_load_generators_stream_client_times_every_piece(
+    vlm_server: LocalTritonServer,
+) -> None:
+    """`scripts/loadtest continuous --stagger-ms`'s client: one gRPC stream per request, the
+    pieces joined into the answer the unary front gives, each piece's arrival timed."""
+    from tools.loadtest import loadgen
+    from tools.loadtest.content import ContentOptions, generator_for
+    from tools.loadtest.inputs import read_config
+    from tools.local_server import ROOT
+
+    config = read_config(ROOT / "model_repository" / "vlm_stream")
+    samples = generator_for(config).make(config, ContentOptions(samples=2, max_new_tokens=8))
+    level = loadgen.run_level(
+        lambda _: loadgen.TritonStreamTarget(vlm_server.grpc_url, config, samples),
+        len(samples),
+        2,
+        2,
+        stagger_s=0.05,
+    )
+    assert level["requests"] == 2 and level["responses_per_request"] > 2
+    assert 0 < level["first_response_p50_ms"] < level["p50_ms"]
+    for index, text in level["answers"].items():
+        sample = samples[int(index)].inputs
+        images = tuple(sample.get("images", ()))
+        assert text == http(vlm_server, "vlm", arrays(sample["prompt"], images))[0]

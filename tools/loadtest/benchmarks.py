@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from . import inprocess
+from . import inprocess, loadgen
+from .compare import generator_levels
 from .inputs import is_decoupled, read_config
 from .local import env_name, load_facts, local_server, repository_copy, stub_pid
 from .machine import proc_memory
@@ -61,10 +63,17 @@ def add_arguments(parsers: dict[str, argparse.ArgumentParser]) -> None:
         help="Poisson arrival rates, requests/s (default 0.5,1,2)",
     )
     parsers["continuous"].add_argument(
+        "--stagger-ms",
+        type=float,
+        default=0.0,
+        help="also a closed loop whose clients start this far apart (the suite's load "
+        "generator, streams for a streaming model; default 0: not run)",
+    )
+    parsers["continuous"].add_argument(
         "--rate-requests",
         type=int,
         default=24,
-        help="requests per arrival rate (default 24)",
+        help="requests per arrival rate (default 24; 0: no Poisson series)",
     )
     for name in ("overhead", "numerics"):
         parsers[name].add_argument(
@@ -102,10 +111,13 @@ def _served_series(
     work: Path,
     before_sweep: Callable[[Any, Path], dict[str, Any]] | None = None,
     rates: PerfSettings | None = None,
+    stagger_s: float = 0.0,
 ) -> dict[str, Any]:
     """One local server for `model`; the model's entry prepared from the config it serves;
     a perf_analyzer sweep over gRPC, recorded as `series` (and with `rates`, a second sweep
-    of Poisson arrivals at `args.rates`, recorded as `series` + " poisson")."""
+    of Poisson arrivals at `args.rates`, recorded as `series` + " poisson"; with `stagger_s`,
+    the suite's load generator at the same concurrencies with clients started that far
+    apart, recorded as `series` + " staggered")."""
     log = work / f"{model}-{series.replace(' ', '_')}.log"
     progress(f"{model} [{series}]: starting tritonserver")
     with local_server(repository, [model], env, log) as server:
@@ -115,9 +127,8 @@ def _served_series(
             config = model_config(client, model)
         finally:
             client.close()
-        if model not in results["models"]:
-            results["models"][model] = prepare_model(config, content_options(args), work)[0]
-        entry = results["models"][model]
+        prepared, _, samples = prepare_model(config, content_options(args), work)
+        entry = results["models"].setdefault(model, prepared)
         data_file = work / f"{model}-data.json"
         problem = shared_memory_problem(config, settings_from(args))
         if problem:
@@ -147,23 +158,50 @@ def _served_series(
                     progress=progress,
                 )
             }
+        if stagger_s:
+            entry["series"][f"{series} staggered"] = {
+                "levels": generator_levels(
+                    args,
+                    partial(_generator_target, server, config, samples),
+                    len(samples),
+                    f"{model} [{series}], clients {stagger_s * 1000:g} ms apart",
+                    stagger_s,
+                )
+            }
         pid = stub_pid(server, model)
         peak = proc_memory(pid)["peak_rss_mib"] if pid else None
     entry["series"][series] = {"levels": levels, **extra, "stub_peak_rss_mib": peak}
     return entry
 
 
+def _generator_target(server: Any, config: Any, samples: list[Any], _connections: int) -> Any:
+    """The load generator's client of `config`'s model: a stream per request if decoupled."""
+    if is_decoupled(config):
+        return loadgen.TritonStreamTarget(server.grpc_url, config, samples)
+    return loadgen.TritonTarget("grpc", server.grpc_url, config, samples)
+
+
 def cmd_continuous(args: argparse.Namespace, argv: list[str]) -> int:
     """Chat models with continuous batching (shipped) and static batches, the same load."""
     env = server_env(args)
-    rates = PerfSettings(**{**settings_from(args).__dict__, "poisson": True})
-    rates.requests, rates.rounds = args.rate_requests, 0
+    rates: PerfSettings | None = None
+    if args.rate_requests:
+        rates = PerfSettings(**{**settings_from(args).__dict__, "poisson": True})
+        rates.requests, rates.rounds = args.rate_requests, 0
     with collecting(args, argv, "Continuous vs. static batching") as (results, work):
         for model in models(args):
             for mode in ("continuous", "static"):
                 series_env = {**env, env_name(model, "batching"): mode}
                 _served_series(
-                    args, results, model, args.repository, series_env, mode, work, rates=rates
+                    args,
+                    results,
+                    model,
+                    args.repository,
+                    series_env,
+                    mode,
+                    work,
+                    rates=rates,
+                    stagger_s=args.stagger_ms / 1000,
                 )
             entry = results["models"][model]
             key = (
@@ -172,23 +210,31 @@ def cmd_continuous(args: argparse.Namespace, argv: list[str]) -> int:
                 is not None
                 else "p50_ms"
             )
-            for mode in ("continuous", "static"):
-                levels = entry["series"][mode]["levels"]
-                low, high = levels[0], levels[-1]
-                entry["ratios"][
-                    f"{mode}: {key} at concurrency {high['concurrency']} / at {low['concurrency']}"
-                ] = high[key] / low[key]
-            for level in entry["series"]["continuous"]["levels"]:
-                other = level_at(entry["series"]["static"]["levels"], level["concurrency"])
-                if other:
-                    c = level["concurrency"]
-                    entry["ratios"][f"throughput continuous/static at concurrency {c}"] = (
-                        level["throughput"] / other["throughput"]
-                    )
-                    entry["ratios"][f"{key} continuous/static at concurrency {c}"] = (
-                        level[key] / other[key]
-                    )
+            kinds = ["", " staggered"] if args.stagger_ms else [""]
+            for kind in kinds:
+                _continuous_ratios(entry, key, kind)
     return 0
+
+
+def _continuous_ratios(entry: dict[str, Any], key: str, kind: str) -> None:
+    """`key` at the highest concurrency over the lowest, per mode; continuous over static at
+    each concurrency (`kind`: "" for perf_analyzer's series, " staggered" for the others)."""
+    for mode in ("continuous", "static"):
+        levels = entry["series"][mode + kind]["levels"]
+        low, high = levels[0], levels[-1]
+        entry["ratios"][
+            f"{mode}{kind}: {key} at concurrency {high['concurrency']} / at {low['concurrency']}"
+        ] = high[key] / low[key]
+    for level in entry["series"]["continuous" + kind]["levels"]:
+        other = level_at(entry["series"]["static" + kind]["levels"], level["concurrency"])
+        if other:
+            c = level["concurrency"]
+            entry["ratios"][f"throughput continuous/static{kind} at concurrency {c}"] = (
+                level["throughput"] / other["throughput"]
+            )
+            entry["ratios"][f"{key} continuous/static{kind} at concurrency {c}"] = (
+                level[key] / other[key]
+            )
 
 
 def cmd_batching(args: argparse.Namespace, argv: list[str]) -> int:

@@ -56,9 +56,14 @@ def http_process(
 
 
 def generator_levels(
-    args: argparse.Namespace, make_target: Callable[[int], Any], samples: int, label: str
+    args: argparse.Namespace,
+    make_target: Callable[[int], Any],
+    samples: int,
+    label: str,
+    stagger_s: float = 0.0,
 ) -> list[dict[str, Any]]:
-    """The load generator at every concurrency, with the same request counts as perf_analyzer."""
+    """The load generator at every concurrency, with the same request counts as perf_analyzer
+    (`stagger_s`: the clients' starts, `loadgen.closed_loop`)."""
     settings = settings_from(args)
     if args.warmup:
         loadgen.run_level(make_target, samples, 1, args.warmup)
@@ -70,6 +75,7 @@ def generator_levels(
             settings.request_count(concurrency) or max(args.samples, 3 * concurrency),
             None,
             f"{label}: concurrency {concurrency}",
+            stagger_s,
         )
         for concurrency in args.concurrency
     ]
@@ -94,11 +100,14 @@ def _measured(
     count: int,
     rate: float | None,
     label: str,
+    stagger_s: float = 0.0,
 ) -> dict[str, Any]:
     """One level of the load generator, with the CPU others took meanwhile, and its progress."""
     progress(f"{label}, {count} requests")
     with CpuProbe() as probe:
-        level = loadgen.run_level(make_target, samples, concurrency, count, rate=rate)
+        level = loadgen.run_level(
+            make_target, samples, concurrency, count, rate=rate, stagger_s=stagger_s
+        )
     level["interference"] = probe.record()
     progress(
         f"{label}: {level['throughput']:.2f}/s served, "

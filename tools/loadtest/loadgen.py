@@ -32,6 +32,8 @@ class Answer:
 
     text: str
     completion_tokens: int
+    #: When each response of a streamed answer arrived (monotonic ns); empty when unary.
+    responses_ns: tuple[int, ...] = ()
 
 
 class Target(Protocol):
@@ -77,6 +79,32 @@ class TritonTarget:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+class TritonStreamTarget(TritonTarget):
+    """A decoupled chat model (`vlm_stream`) through tritonclient's gRPC asyncio stream, one
+    stream per request: the pieces joined, and when the first arrived (what a streaming
+    client waits for before it can show anything)."""
+
+    def __init__(self, url: str, config: Any, samples: Sequence[Sample]) -> None:
+        super().__init__("grpc", url, config, samples)
+
+    async def send(self, index: int) -> Answer:
+        async def one_request() -> Any:
+            yield {"model_name": self.model, "inputs": self._inputs(index)}
+
+        arrived: list[int] = []
+        pieces: list[str] = []
+        async for result, error in self.client.stream_infer(one_request()):
+            arrived.append(time.monotonic_ns())
+            if error is not None:
+                raise RuntimeError(f"{self.model}: {error}")
+            text = result.as_numpy("text").reshape(-1)[0]
+            pieces.append(text.decode() if isinstance(text, bytes) else str(text))
+            if result.get_response().parameters["triton_final_response"].bool_param:
+                tokens = int(result.as_numpy("completion_tokens").reshape(-1)[0])
+                return Answer("".join(pieces), tokens, tuple(arrived))
+        raise RuntimeError(f"{self.model}: the stream ended without its final response")
 
 
 def _triton_dtype(array: np.ndarray) -> str:
@@ -186,21 +214,33 @@ class Level:
     answers: list[tuple[int, Answer]]  # (sample index, answer), in completion order
 
 
-async def closed_loop(target: Target, samples: int, concurrency: int, requests: int) -> Level:
-    """`requests` requests, `concurrency` in flight at a time; each one's send/answer times."""
+async def closed_loop(
+    target: Target, samples: int, concurrency: int, requests: int, stagger_s: float = 0.0
+) -> Level:
+    """`requests` requests, `concurrency` in flight at a time; each one's send/answer times.
+    With `stagger_s`, client k sends its first request k x `stagger_s` after the first
+    client (clients that did not all start at once, as users do not)."""
     level = Level([], [])
     counter = iter(range(requests))
 
-    async def worker() -> None:
+    async def worker(k: int) -> None:
+        await asyncio.sleep(k * stagger_s)
         for index in counter:
-            sent = time.monotonic_ns()
-            answer = await target.send(index % samples)
-            level.timings.append(Timing(sent, (time.monotonic_ns(),)))
-            if answer is not None:
-                level.answers.append((index % samples, answer))
+            await _timed(target, index % samples, level)
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(k) for k in range(concurrency)))
     return level
+
+
+async def _timed(target: Target, sample: int, level: Level) -> None:
+    """One request: its times (each response's, for a stream) and its answer."""
+    sent = time.monotonic_ns()
+    answer = await target.send(sample)
+    end = time.monotonic_ns()
+    streamed = answer.responses_ns if answer is not None else ()
+    level.timings.append(Timing(sent, streamed or (end,)))
+    if answer is not None:
+        level.answers.append((sample, answer))
 
 
 async def open_loop(
@@ -212,18 +252,11 @@ async def open_loop(
     level = Level([], [])
     gaps = random.Random(seed)
 
-    async def one(index: int) -> None:
-        sent = time.monotonic_ns()
-        answer = await target.send(index % samples)
-        level.timings.append(Timing(sent, (time.monotonic_ns(),)))
-        if answer is not None:
-            level.answers.append((index % samples, answer))
-
     start, at, tasks = time.monotonic(), 0.0, []
     for index in range(requests):
         at += gaps.expovariate(rate)
         await asyncio.sleep(max(0.0, start + at - time.monotonic()))
-        tasks.append(asyncio.ensure_future(one(index)))
+        tasks.append(asyncio.ensure_future(_timed(target, index % samples, level)))
     await asyncio.gather(*tasks)
     return level
 
@@ -233,18 +266,23 @@ OPEN_LOOP_CONNECTIONS = 64
 
 
 def run_level(
-    make_target: Any, samples: int, concurrency: int, requests: int, rate: float | None = None
+    make_target: Any,
+    samples: int,
+    concurrency: int,
+    requests: int,
+    rate: float | None = None,
+    stagger_s: float = 0.0,
 ) -> dict[str, Any]:
     """One concurrency level (or, with `rate`, Poisson arrivals at that rate) against a fresh
     target (its own connections); summarized. For text models also tokens per second and the
-    answers, to compare servers."""
+    answers, to compare servers. `stagger_s`: `closed_loop`'s."""
 
     async def main() -> Level:
         target = make_target(OPEN_LOOP_CONNECTIONS if rate else concurrency)
         try:
             if rate:
                 return await open_loop(target, samples, rate, requests)
-            return await closed_loop(target, samples, concurrency, requests)
+            return await closed_loop(target, samples, concurrency, requests, stagger_s)
         finally:
             await target.close()
 
