@@ -7,7 +7,6 @@ the limits hold; a cancelled row stops within a step; a failure stays with its r
 
 from __future__ import annotations
 
-import itertools
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -464,49 +463,3 @@ def test_a_long_image_prompt_passes_its_tiles_then_its_text_in_chunks_as_alone(
     assert staged == ["tile"] * 5 + ["chunk"] * chunks, events
     stages = [i for i, event in enumerate(events) if event != "step"]
     assert all(events[i + 1] == "step" for i in stages[:-1]), events
-
-
-def test_a_staged_prompt_gets_at_most_its_share_of_time_while_rows_decode(
-    tiny: ChatService, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Between two stages the rows decoding get the stage's time x (1 - share) / share:
-    image prompts that keep coming cannot starve them to one step per tile."""
-    import time
-
-    from backends.chat.scheduler import STAGE_SHARE
-
-    spans: list[tuple[str, float]] = []
-    model, decoder = tiny.engine.model.model, tiny.engine.fused
-    assert decoder is not None
-    encode, step = model.get_image_features, decoder.step
-
-    def slow_tile(pixel_values: Any, *args: Any, **kwargs: Any) -> Any:
-        began = time.perf_counter()
-        time.sleep(0.05)  # a tile that costs what many steps cost
-        result = encode(pixel_values, *args, **kwargs)
-        spans.append(("tile", time.perf_counter() - began))
-        return result
-
-    def timed_step(tokens: Any, state: Any) -> Any:
-        began = time.perf_counter()
-        time.sleep(0.002)  # 1 000 steps outlast the pictures' ten tiles and their share
-        result = step(tokens, state)
-        spans.append(("step", time.perf_counter() - began))
-        return result
-
-    monkeypatch.setattr(model, "get_image_features", slow_tile)
-    monkeypatch.setattr(decoder, "step", timed_step)
-    monkeypatch.setattr(tiny.engine, "eos_token_ids", [-1])  # random weights: no early end
-    decoding = Sink(wake_at=2)
-    running = submit(tiny, ChatRequest("Hi", max_new_tokens=1000), decoding)
-    assert decoding.woken.wait(60)
-    assert completion(submit(tiny, PICTURES)).finish_reason == "length"
-    decoding.cancel_after = 0
-    assert completion(running).finish_reason == "cancelled", "it decoded throughout"
-    tiles = [i for i, (kind, _) in enumerate(spans) if kind == "tile"]
-    assert len(tiles) == 10
-    owed = (1 - STAGE_SHARE) / STAGE_SHARE
-    for before, after in itertools.pairwise(tiles):
-        decoded = sum(seconds for kind, seconds in spans[before:after] if kind == "step")
-        # 0.9: the scheduler times its whole calls, a little longer than these spans.
-        assert decoded >= 0.9 * spans[before][1] * owed, spans

@@ -13,11 +13,11 @@ The loop, between two decoding steps:
    answered `cancelled` without any work;
 2. **prompt pass** of the admitted jobs as one left-padded batch, which gives each its first
    token; the rows still going join the running `DecodeState`. A prompt that is costly to
-   pass passes alone, in stages, with decoding steps between two stages: a prompt with images
+   pass passes alone, in stages, one stage between two decoding steps: a prompt with images
    its images a tile per stage, then its text (`TiledImages`); the text of a prompt longer
-   than `max_prefill_tokens` chunks of that many tokens (`ChunkedPrefill`). So the rows
-   decoding wait for at most one stage at a time and keep at least half of the time
-   (`STAGE_SHARE`), and a request cancelled meanwhile costs at most the stage under way;
+   than `max_prefill_tokens` chunks of that many tokens (`ChunkedPrefill`). So the rows decoding
+   wait for at most one stage, and a request cancelled meanwhile costs at most the stage
+   under way;
 3. **step**: one fused decoding step for every running row; each row then takes its token
    through its own sampler and tracker (sampling options, seed, stop strings,
    `max_new_tokens`, cancellation, as in a static batch: `backends.chat.sampling`), and a
@@ -62,13 +62,6 @@ from shared.chat import Completion
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-#: While rows decode, a prompt passing in stages gets at most this share of the engine's time:
-#: after a stage that took t seconds, the rows decode for t x (1 - share) / share before the
-#: next. Why: a stage (an image tile: 0.65 s served here) costs a dozen decoding steps, and
-#: one step per stage starved the rows decoding while image prompts kept coming (16 clients
-#: of image prompts: 48-token answers took 27 s at p99, against 12 s in static batches).
-STAGE_SHARE = 0.5
 
 
 class StaticOnly(ValueError):
@@ -150,7 +143,6 @@ class Scheduler:
         self._state: DecodeState | None = None
         self._tokens: torch.Tensor | None = None  # each running row's next input token
         self._prefilling: tuple[Job, PromptStages] | None = None  # a prompt passing in stages
-        self._owed = 0.0  # seconds of decoding the running rows get before the next stage
         self._wake = threading.Condition()
         self._closed = False
         self._ready = threading.Event()
@@ -220,14 +212,10 @@ class Scheduler:
             try:
                 with torch.inference_mode():
                     self._admit()
-                    if self._prefilling is not None and (not self._rows or self._owed <= 0):
-                        began = time.perf_counter()
+                    if self._prefilling is not None:
                         self._advance_prefill()
-                        self._owed = (time.perf_counter() - began) * (1 - STAGE_SHARE) / STAGE_SHARE
                     if self._rows:
-                        began = time.perf_counter()
                         self._step()
-                        self._owed -= time.perf_counter() - began
             except Exception as exc:  # a bug here must not end the loop every request needs
                 log.exception("chat scheduler: the loop failed; its running rows fail")
                 self._fail_running(exc)
