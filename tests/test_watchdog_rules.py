@@ -76,3 +76,18 @@ def test_a_caller_whose_callee_is_not_loaded_is_reloaded(monkeypatch: pytest.Mon
     watchdog = server()
     watchdog.ready = ["llm", "tts"]
     assert watchdog.check() == ["llm"]
+
+
+def test_a_callee_named_by_environment_variable_is_the_one_watched(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`LLM_ENGINE_MODEL` overrides the config's engine, for the model and the watchdog alike."""
+    with_stubs(monkeypatch, ["tts", "tts", "llm_engine"])
+    watchdog = FakeServer(
+        "127.0.0.1:1", 1, log=lambda _m: None, environ={"LLM_ENGINE_MODEL": "llm_engine"}
+    )
+    watchdog.ready = ["llm", "tts", "llm_engine"]  # the config's vlm_stream is not loaded
+    monkeypatch.setitem(CONFIGS, "llm_engine", CONFIGS["vlm_stream"])
+    with pytest.raises(RestartNeeded, match="it calls llm_engine:"):
+        watchdog.check()
+    assert watchdog.calls == []  # not reloaded: that would leave llm_engine wedged

@@ -28,13 +28,16 @@ repository API requires.
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from shared.params import Param
 
 STUB = "triton_python_backend_stub"
 #: The entry point's exit status when the server must be started again (EX_TEMPFAIL).
@@ -89,6 +92,8 @@ class Watchdog:
     server_pid: int
     headers: dict[str, str] = field(default_factory=dict)  # the admin key, in production
     log: Callable[[str], None] = print
+    #: The server's environment: a callee named by `<MODEL>_<PARAM>` there is the one called.
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
     _configs: dict[str, Any] = field(default_factory=dict)
 
     def _call(self, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -116,13 +121,18 @@ class Watchdog:
         return sum(g.get("count", 1) for g in self._config(model)["instance_group"])
 
     def callees(self, model: str) -> set[str]:
-        """The models `model` calls over BLS: the values of its settings ending in `_model`."""
+        """The models `model` calls over BLS: its settings ending in `_model`, each read as the
+        model reads it (the environment variable first, then the config's value)."""
         parameters = self._config(model).get("parameters", {})
-        return {
-            value["string_value"]
-            for key, value in parameters.items()
-            if key.endswith("_model") and value.get("string_value")
-        }
+        found = set()
+        for key, value in parameters.items():
+            if not key.endswith("_model"):
+                continue
+            names = Param(key, "").env_names(model)
+            chosen = next((self.environ[n] for n in names if self.environ.get(n)), None)
+            if chosen or value.get("string_value"):
+                found.add(chosen or value["string_value"])
+        return found
 
     def check(self) -> list[str]:
         """One look; the models it reloaded. Raises RestartNeeded (see the module docstring)."""
